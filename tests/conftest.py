@@ -1,0 +1,142 @@
+"""Session fixtures: small synthetic media written with PyAV, and paths to real samples."""
+
+from __future__ import annotations
+
+import logging
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "samples"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def moving_bars(index: int, width: int, height: int) -> np.ndarray:
+    """(H, W, 3) uint8 grey picture of diagonal bars that move 2 px per frame."""
+    y, x = np.mgrid[0:height, 0:width]
+    stripes = ((x + y + 2 * index) // 8) % 2
+    gray = (60 + 120 * stripes + (x * 40) // max(width, 1)).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
+def write_clip(path: Path, *, n_frames: int = 24, width: int = 64, height: int = 48,
+               rate: Fraction = Fraction(24000, 1001), audio: bool = True, pix_fmt: str = "yuv420p",
+               codec: str = "libx264", pts_of=None, frame_of=moving_bars,
+               audio_codec: str = "aac") -> Path:
+    """Write a real clip with PyAV: moving bars, optional tone, optional custom timestamps."""
+    with av.open(str(path), mode="w") as container:
+        video = container.add_stream(codec, rate=rate)
+        video.width, video.height, video.pix_fmt = width, height, pix_fmt
+        if pts_of is not None:
+            video.codec_context.time_base = Fraction(1, 1000)
+        if audio:
+            sound = container.add_stream(audio_codec, rate=48000)
+            sound.layout = "stereo"
+        for i in range(n_frames):
+            frame = av.VideoFrame.from_ndarray(frame_of(i, width, height), format="rgb24")
+            if pts_of is not None:
+                frame.pts, frame.time_base = pts_of(i), Fraction(1, 1000)
+            for packet in video.encode(frame):
+                container.mux(packet)
+        for packet in video.encode(None):
+            container.mux(packet)
+        if audio:
+            _write_tone(container, sound, n_frames / float(rate))
+    return path
+
+
+def _write_tone(container, stream, duration_s: float) -> None:
+    samples_per_frame = 1024
+    total = int(duration_s * 48000)
+    t = np.arange(total) / 48000.0
+    tone = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    sample_format = stream.codec_context.codec.audio_formats[0].name
+    for start in range(0, total, samples_per_frame):
+        chunk = tone[start:start + samples_per_frame]
+        planar = np.stack([chunk, chunk])
+        if sample_format == "s16":
+            planar = (planar * 32767).astype(np.int16).T.reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(planar), format=sample_format,
+                                           layout="stereo")
+        frame.sample_rate, frame.pts = 48000, start
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode(None):
+        container.mux(packet)
+
+
+def colorful_still(width: int = 96, height: int = 72) -> np.ndarray:
+    """(H, W, 3) uint8 RGB with strong, varied colour: a reference for synthetic tests."""
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.stack([
+        (255 * x / width), (255 * y / height), 255 - 255 * x / width,
+    ], axis=-1)
+    return rgb.astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture(scope="session")
+def gray_clip(media_dir) -> Path:
+    """24 frames, 64x48, moving bars, 24000/1001 fps, AAC tone."""
+    return write_clip(media_dir / "gray.mp4")
+
+
+@pytest.fixture(scope="session")
+def silent_clip(media_dir) -> Path:
+    return write_clip(media_dir / "silent.mp4", audio=False, n_frames=12)
+
+
+@pytest.fixture(scope="session")
+def vfr_clip(media_dir) -> Path:
+    """Variable frame rate: gaps of 40 ms and 80 ms alternate (time base 1/1000)."""
+    stamps = np.cumsum([0] + [40 if i % 2 else 80 for i in range(15)])
+    return write_clip(media_dir / "vfr.mkv", n_frames=16, audio=False,
+                      pts_of=lambda i: int(stamps[i]))
+
+
+@pytest.fixture(scope="session")
+def ref_still(media_dir) -> Path:
+    from PIL import Image
+
+    path = media_dir / "ref.png"
+    Image.fromarray(colorful_still()).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sample_clip() -> Path:
+    path = SAMPLES / "film.mp4"
+    if not path.exists():
+        pytest.skip("samples/film.mp4 is missing from this checkout")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sample_ref() -> Path:
+    path = SAMPLES / "ref.jpg"
+    if not path.exists():
+        pytest.skip("samples/ref.jpg is missing from this checkout")
+    return path
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is absent: the real-media benchmarks live there")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _no_unexpected_errors(caplog):
+    """Fail a test that logs at ERROR without clearing caplog (a hidden failure)."""
+    yield
+    errors = [r for r in caplog.get_records("call") if r.levelno >= logging.ERROR]
+    assert not errors, f"unexpected ERROR log records: {[r.getMessage() for r in errors]}"

@@ -1,0 +1,147 @@
+"""The whole job: decode -> colorize -> temporal -> encode, joined in one place.
+
+This is the only module that knows every stage and decides which files each one touches.
+It validates the request up front (input, reference, output) so that a user mistake fails
+before any work starts, and it owns the progress bar. It prints nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import io
+from .colorize import ColorizeOptions, Colorizer
+from .encode import EncodeOptions, VideoWriter, check_output_path, container_format, write_still
+from .errors import OptionsError, VideoOpenError
+from .temporal import TemporalFilter, TemporalOptions
+from .weights import available_models, load_model
+
+logger = logging.getLogger(__name__)
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """Every knob of one run, one Options dataclass per stage.
+
+    Attributes:
+        colorize: how frames are colourised (method, working size, batch).
+        temporal: the temporal-consistency stage (strength 0 turns it off).
+        encode: codec, quality, chroma and bit depth of the output.
+        device: "auto" (CUDA when present, else CPU), "cpu" or "cuda".
+        overwrite: replace an existing output instead of refusing.
+    """
+
+    colorize: ColorizeOptions = field(default_factory=ColorizeOptions)
+    temporal: TemporalOptions = field(default_factory=TemporalOptions)
+    encode: EncodeOptions = field(default_factory=EncodeOptions)
+    device: str = "auto"
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICE_CHOICES:
+            raise OptionsError(f"PipelineOptions.device must be one of {DEVICE_CHOICES}, got {self.device!r}")
+
+
+def colorize_video(src: Path, ref: Path, out: Path, opts: PipelineOptions | None = None, *,
+                   model=None, show_progress: bool = False) -> Path:
+    """Colourise the film (or still) `src` with the colours of the still `ref` into `out`.
+
+    A still input gives a still output. The output keeps the input's luminance, timing,
+    size, aspect, rotation and audio; it appears under `out` only once complete.
+
+    Args:
+        src: greyscale film or photo (any container/codec FFmpeg reads; any image Pillow reads).
+        ref: colour reference still.
+        out: output path; its extension picks the container (or image format).
+        opts: PipelineOptions; defaults if None.
+        model: an already loaded model (skips loading `opts.colorize.method`).
+        show_progress: draw a tqdm bar of frames, fps and ETA on stderr.
+
+    Returns:
+        `out`.
+
+    Raises:
+        VideoOpenError, ReferenceImageError, EncodeError, WeightsError, OptionsError.
+    """
+    opts = opts or PipelineOptions()
+    src, ref, out = Path(src), Path(ref), Path(out)
+    info = io.probe(src)
+    check_output_path(out, src, opts.overwrite)
+    reference_rgb = io.load_still(ref, role="reference")
+    if info.is_still:
+        return _colorize_still_file(src, reference_rgb, out, opts, model)
+    container_format(out)
+    with ExitStack() as stack:
+        writer = stack.enter_context(VideoWriter(out, info, audio_from=src, opts=opts.encode))
+        colorizer = Colorizer(model or _load(opts), reference_rgb, opts.colorize)
+        frames = TemporalFilter(opts.temporal).run(colorizer.run(io.read_frames(src)))
+        bar = stack.enter_context(tqdm(total=info.n_frames, unit="frame", disable=not show_progress,
+                                       desc=src.name, dynamic_ncols=True))
+        for frame in frames:
+            writer.write(frame)
+            bar.update()
+    if info.n_frames and abs(writer.frames_written - info.n_frames) > 1:
+        logger.info("%s: wrote %d frames (container estimated %d)", src, writer.frames_written,
+                    info.n_frames)
+    return out
+
+
+def colorize_image(image: np.ndarray, reference: np.ndarray, *, method: str = "match",
+                   device: str = "auto") -> np.ndarray:
+    """Colourise one picture from one reference, in memory.
+
+    Args:
+        image: (H, W, 3) uint8 RGB; a colour input is reduced to its luminance first.
+        reference: (H', W', 3) uint8 RGB colour still.
+        method: one of `available_models()`.
+        device: "auto", "cpu" or "cuda".
+
+    Returns:
+        (H, W, 3) uint8 RGB whose Lab lightness is the input's.
+    """
+    _check_rgb(image, "image")
+    _check_rgb(reference, "reference")
+    opts = PipelineOptions(colorize=ColorizeOptions(method=method), device=device)
+    colorizer = Colorizer(_load(opts), reference, opts.colorize)
+    return colorizer.colorize_rgb([image])[0]
+
+
+def _colorize_still_file(src: Path, reference_rgb: np.ndarray, out: Path, opts: PipelineOptions,
+                         model) -> Path:
+    image = io.load_still(src, role="input")
+    colorizer = Colorizer(model or _load(opts), reference_rgb, opts.colorize)
+    return write_still(out, colorizer.colorize_rgb([image])[0])
+
+
+def _load(opts: PipelineOptions):
+    if opts.colorize.method not in available_models():
+        raise OptionsError(
+            f"Unknown method {opts.colorize.method!r}; choose one of {', '.join(available_models())}"
+        )
+    device = None if opts.device == "auto" else opts.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise OptionsError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return _cached_model(opts.colorize.method, device)
+
+
+@lru_cache(maxsize=4)
+def _cached_model(name: str, device: str | None):
+    """Loading is seconds of work; reuse a model across calls in one process."""
+    return load_model(name, device=device)
+
+
+def _check_rgb(array: np.ndarray, what: str) -> None:
+    if not (isinstance(array, np.ndarray) and array.ndim == 3 and array.shape[2] == 3
+            and array.dtype == np.uint8):
+        raise VideoOpenError(f"{what} must be an (H, W, 3) uint8 RGB array, got "
+                             f"{getattr(array, 'shape', None)} {getattr(array, 'dtype', type(array))}")
