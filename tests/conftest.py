@@ -26,11 +26,13 @@ def moving_bars(index: int, width: int, height: int) -> np.ndarray:
 def write_clip(path: Path, *, n_frames: int = 24, width: int = 64, height: int = 48,
                rate: Fraction = Fraction(24000, 1001), audio: bool = True, pix_fmt: str = "yuv420p",
                codec: str = "libx264", pts_of=None, frame_of=moving_bars,
-               audio_codec: str = "aac") -> Path:
+               audio_codec: str = "aac", rotation_deg: int = 0) -> Path:
     """Write a real clip with PyAV: moving bars, optional tone, optional custom timestamps."""
     with av.open(str(path), mode="w") as container:
         video = container.add_stream(codec, rate=rate)
         video.width, video.height, video.pix_fmt = width, height, pix_fmt
+        if rotation_deg:
+            video.set_display_rotation(rotation_deg)
         if pts_of is not None:
             video.codec_context.time_base = Fraction(1, 1000)
         if audio:
@@ -38,6 +40,7 @@ def write_clip(path: Path, *, n_frames: int = 24, width: int = 64, height: int =
             sound.layout = "stereo"
         for i in range(n_frames):
             frame = av.VideoFrame.from_ndarray(frame_of(i, width, height), format="rgb24")
+            frame = frame.reformat(format=pix_fmt)
             if pts_of is not None:
                 frame.pts, frame.time_base = pts_of(i), Fraction(1, 1000)
             for packet in video.encode(frame):

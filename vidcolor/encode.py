@@ -111,21 +111,6 @@ def container_format(out: Path) -> str:
     return fmt
 
 
-def audio_fits(out_suffix: str, audio_from: Path) -> str | None:
-    """None if every audio stream of `audio_from` can be copied into an `out_suffix` file.
-
-    Returns:
-        The first codec that does not fit (for the error message), else None.
-    """
-    fmt = CONTAINER_FORMATS.get(out_suffix.lower(), "matroska")
-    with av.open(os.fspath(audio_from)) as src:
-        for stream in src.streams.audio:
-            codec = stream.codec_context.name
-            if not _muxer_accepts(fmt, stream):
-                return codec
-    return None
-
-
 def write_still(out: Path, rgb: np.ndarray) -> Path:
     """Save one coloured image atomically; the format follows the extension.
 
@@ -342,15 +327,23 @@ def _codec_options(opts: EncodeOptions) -> dict[str, str]:
     return {"profile": "3"}  # prores_ks: HQ
 
 
-def _muxer_accepts(fmt: str, stream) -> bool:
-    """Try the muxer's header with a copy of `stream`: the only reliable test FFmpeg offers."""
-    buffer = io.BytesIO()
-    try:
-        with av.open(buffer, mode="w", format=fmt) as probe_out:
-            probe_out.add_stream_from_template(stream)
-            probe_out.start_encoding()
-    except (av.error.FFmpegError, ValueError):
-        return False
+def _muxer_accepts(fmt: str, src: Path, stream_index: int) -> bool:
+    """Trial-mux one real packet of the stream in memory, header to trailer.
+
+    Some muxers accept a codec in the header and refuse it only at the trailer (PCM in MP4),
+    and PyAV exposes no codec query, so a complete tiny write is the reliable test.
+    """
+    with av.open(os.fspath(src)) as source:
+        stream = next(s for s in source.streams if s.index == stream_index)
+        packet = next((p for p in source.demux(stream) if p.size), None)
+        try:
+            with av.open(io.BytesIO(), mode="w", format=fmt) as trial:
+                trial_stream = trial.add_stream_from_template(stream)
+                if packet is not None:
+                    packet.stream = trial_stream
+                    trial.mux(packet)
+        except (av.error.FFmpegError, ValueError):
+            return False
     return True
 
 
@@ -363,12 +356,13 @@ class _AudioCopier:
         in_streams = list(self._src.streams.audio)
         self._out_streams = {}
         for stream in in_streams:
-            if not _muxer_accepts(container.format.name.split(",")[0], stream):
-                self.close()
+            if not _muxer_accepts(container_format(out), src, stream.index):
+                codec = stream.codec_context.name
                 fits = [sfx for sfx in (".mkv", ".mov", ".mp4")
-                        if _muxer_accepts(CONTAINER_FORMATS[sfx], stream)]
+                        if _muxer_accepts(CONTAINER_FORMATS[sfx], src, stream.index)]
+                self.close()
                 raise EncodeError(
-                    f"The audio codec {stream.codec_context.name} of '{src}' cannot go into "
+                    f"The audio codec {codec} of '{src}' cannot go into "
                     f"a {out.suffix} file ('{out}'); use -o with {' or '.join(fits)} to keep the sound"
                 )
             self._out_streams[stream.index] = container.add_stream_from_template(stream)
