@@ -1,3 +1,29 @@
-"""vidcolor: colourise black-and-white film from one colour reference still."""
+"""vidcolor: colourise black-and-white film from one colour reference still.
+
+Public API: `colorize_video` (a film or still file in, a file out), `colorize_image` (one picture
+in memory), and the reusable `Colorizer` with `load_model` (encode a reference once, colourise
+many frames). Options are frozen dataclasses; every error is a `VidcolorError`.
+"""
 
 __version__ = "0.1.0"
+
+from .colorize import ColorizeOptions, Colorizer
+from .encode import EncodeOptions
+from .errors import (
+    EncodeError,
+    OptionsError,
+    ReferenceImageError,
+    VidcolorError,
+    VideoOpenError,
+    WeightsError,
+)
+from .pipeline import PipelineOptions, colorize_image, colorize_video
+from .temporal import TemporalOptions
+from .weights import available_models, load_model
+
+__all__ = [
+    "ColorizeOptions", "Colorizer", "EncodeError", "EncodeOptions", "OptionsError",
+    "PipelineOptions", "ReferenceImageError", "TemporalOptions", "VidcolorError", "VideoOpenError",
+    "WeightsError", "__version__", "available_models", "colorize_image", "colorize_video",
+    "load_model",
+]

@@ -1,0 +1,124 @@
+"""The command line: real runs on small real files, messages, exit codes, nothing left behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from vidcolor import __version__, io
+from vidcolor.cli import app, default_output
+from vidcolor.encode import partial_path
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_help_explains_the_main_form():
+    result = run("--help")
+    assert result.exit_code == 0
+    for flag in ("--ref", "--out", "--overwrite", "--quiet", "--device", "--method", "--no-temporal",
+                 "--temporal-strength", "--codec", "--version"):
+        assert flag in result.output
+
+
+def test_version():
+    result = run("--version")
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_colorizes_a_clip_to_the_default_output(gray_clip, ref_still, tmp_path):
+    src = tmp_path / "film.mp4"
+    src.write_bytes(gray_clip.read_bytes())
+    result = run(src, "--ref", ref_still, "--quiet")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "film.color.mp4"
+    assert result.output.strip() == str(out)
+    assert io.probe(out).n_frames == io.probe(src).n_frames
+    assert src.read_bytes() == gray_clip.read_bytes()  # the input is never modified
+
+
+def test_flags_reach_the_encoder(gray_clip, ref_still, tmp_path):
+    out = tmp_path / "archival.mkv"
+    result = run(gray_clip, "-r", ref_still, "-o", out, "--codec", "ffv1", "--chroma", "444",
+                 "--no-temporal", "--device", "cpu", "-q")
+    assert result.exit_code == 0, result.output
+    info = io.probe(out)
+    assert info.codec == "ffv1" and info.pix_fmt == "yuv444p"
+
+
+def test_existing_output_is_refused_then_overwritten(gray_clip, ref_still, tmp_path):
+    out = tmp_path / "taken.mp4"
+    out.write_bytes(b"precious")
+    assert_one_line_error(run(gray_clip, "--ref", ref_still, "-o", out, "-q"), "--overwrite")
+    assert out.read_bytes() == b"precious"
+    assert run(gray_clip, "--ref", ref_still, "-o", out, "-q", "--overwrite").exit_code == 0
+    assert io.probe(out).n_frames == 24
+
+
+def test_missing_reference_is_one_line_and_leaves_nothing(gray_clip, tmp_path):
+    out = tmp_path / "never.mp4"
+    assert_one_line_error(run(gray_clip, "--ref", tmp_path / "nope.jpg", "-o", out),
+                          "nope.jpg", "does not exist")
+    assert not out.exists() and not partial_path(out).exists()
+
+
+def test_grey_reference_is_refused(gray_clip, tmp_path):
+    from PIL import Image
+
+    grey = tmp_path / "grey.png"
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(grey)
+    out = tmp_path / "never.mp4"
+    result = run(gray_clip, "--ref", grey, "-o", out)
+    assert_one_line_error(result, "grey")
+    assert not list(tmp_path.glob("never*"))
+
+
+def test_non_media_input_is_one_line(ref_still, tmp_path):
+    fake = tmp_path / "film.mp4"
+    fake.write_text("hello, not a film\n" * 10)
+    assert_one_line_error(run(fake, "--ref", ref_still), "film.mp4")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["film.mp4"]
+
+
+@pytest.mark.parametrize("args", [["--codec", "mpeg1"], ["--temporal-strength", "3"],
+                                  ["--crf", "99"], ["--device", "tpu"], ["--method", "magic"]])
+def test_bad_options_are_usage_errors(gray_clip, ref_still, args):
+    result = run(gray_clip, "--ref", ref_still, *args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_still_in_still_out(ref_still, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from conftest import moving_bars
+
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(moving_bars(0, 80, 60)).save(photo)
+    out = tmp_path / "photo.color.png"
+    assert default_output(photo) == out
+    result = run(photo, "--ref", ref_still, "-q")
+    assert result.exit_code == 0, result.output
+    colored = np.asarray(Image.open(out))
+    assert colored.shape == (60, 80, 3)
+
+
+def test_python_dash_m_entry_point():
+    result = subprocess.run([sys.executable, "-m", "vidcolor", "--help"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and "--ref" in result.stdout

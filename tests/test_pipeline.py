@@ -1,0 +1,118 @@
+"""End to end on the real sample film: timing, sound, luma and colour all survive."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+import vidcolor
+from vidcolor import io
+from vidcolor.encode import EncodeOptions, partial_path
+from vidcolor.errors import EncodeError, ReferenceImageError, VideoOpenError
+from vidcolor.frames import rgb_to_lab
+from vidcolor.pipeline import PipelineOptions
+
+
+def audio_packets(path):
+    with av.open(str(path)) as container:
+        return [[bytes(p) for p in container.demux(s) if p.size] for s in container.streams.audio]
+
+
+def lumas(path):
+    return np.stack([f.luma_plane for f in io.read_frames(path)]).astype(np.float64)
+
+
+def mean_chroma(path, every=10):
+    values = [np.hypot(*rgb_to_lab(f.source)[..., 1:].transpose(2, 0, 1)).mean()
+              for f in io.read_frames(path) if f.index % every == 0]
+    return float(np.mean(values))
+
+
+@pytest.fixture(scope="module")
+def sample_output(sample_clip, sample_ref, tmp_path_factory):
+    out = tmp_path_factory.mktemp("e2e") / "film.color.mp4"
+    return vidcolor.colorize_video(sample_clip, sample_ref, out)
+
+
+@pytest.mark.slow
+def test_frame_count_and_timestamps_are_the_inputs(sample_clip, sample_output):
+    source = [f.pts for f in io.read_frames(sample_clip)]
+    assert [f.pts for f in io.read_frames(sample_output)] == source
+    assert io.probe(sample_output).time_base == io.probe(sample_clip).time_base
+    assert not partial_path(sample_output).exists()
+
+
+@pytest.mark.slow
+def test_audio_packets_are_byte_identical(sample_clip, sample_output):
+    packets = audio_packets(sample_output)
+    assert packets == audio_packets(sample_clip) and len(packets[0]) > 100
+
+
+@pytest.mark.slow
+def test_luma_survives_default_h264(sample_clip, sample_output):
+    mse = np.mean((lumas(sample_output) - lumas(sample_clip)) ** 2)
+    assert 10 * np.log10(255.0**2 / mse) >= 40.0
+
+
+@pytest.mark.slow
+def test_output_is_visibly_coloured(sample_clip, sample_output):
+    grey, colour = mean_chroma(sample_clip), mean_chroma(sample_output)
+    assert grey < 2.0 and colour > grey + 6.0
+
+
+@pytest.mark.slow
+def test_ffv1_luma_is_bit_exact(sample_clip, sample_ref, tmp_path):
+    short = tmp_path / "short.mkv"
+    with av.open(str(sample_clip)) as src, av.open(str(short), "w") as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.pts is not None and packet.pts * packet.time_base > 1.2:
+                break
+            packet.stream = stream
+            dst.mux(packet)
+    out = vidcolor.colorize_video(short, sample_ref, tmp_path / "exact.mkv",
+                                  PipelineOptions(encode=EncodeOptions(codec="ffv1")))
+    assert np.array_equal(lumas(out), lumas(short))
+
+
+def test_image_in_image_out(sample_ref, tmp_path):
+    photo = tmp_path / "photo.png"
+    grey = np.asarray(Image.open(sample_ref).convert("L"))
+    Image.fromarray(grey).save(photo)
+    out = vidcolor.colorize_video(photo, sample_ref, tmp_path / "photo.color.jpg")
+    colored = np.asarray(Image.open(out).convert("RGB"))
+    assert colored.shape == (*grey.shape, 3)
+    assert np.hypot(*rgb_to_lab(colored)[..., 1:].transpose(2, 0, 1)).mean() > 8
+
+
+def test_colorize_image_keeps_lightness(sample_ref):
+    reference = io.load_still(sample_ref)
+    target = np.repeat(np.asarray(Image.fromarray(reference).convert("L"))[..., None], 3, axis=2)
+    colored = vidcolor.colorize_image(target, reference)
+    assert colored.shape == target.shape and colored.dtype == np.uint8
+    assert np.abs(rgb_to_lab(colored)[..., 0] - rgb_to_lab(target)[..., 0]).mean() < 1.0
+    assert np.hypot(*rgb_to_lab(colored)[..., 1:].transpose(2, 0, 1)).mean() > 8
+
+
+def test_reusable_colorizer_api(sample_ref):
+    model = vidcolor.load_model("match")
+    colorizer = vidcolor.Colorizer(model, io.load_still(sample_ref))
+    frames = [np.full((40, 60, 3), v, np.uint8) for v in (60, 120, 200)]
+    assert [c.shape for c in colorizer.colorize_rgb(frames)] == [(40, 60, 3)] * 3
+
+
+def test_user_mistakes_fail_before_any_output(gray_clip, ref_still, tmp_path):
+    out = tmp_path / "out.mp4"
+    with pytest.raises(ReferenceImageError):
+        vidcolor.colorize_video(gray_clip, tmp_path / "missing.png", out)
+    not_media = tmp_path / "notes.mp4"
+    not_media.write_text("not a video " * 50)
+    with pytest.raises(VideoOpenError):
+        vidcolor.colorize_video(not_media, ref_still, out)
+    out.write_bytes(b"keep me")
+    with pytest.raises(EncodeError):
+        vidcolor.colorize_video(gray_clip, ref_still, out)
+    assert out.read_bytes() == b"keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.mp4", "out.mp4"]
