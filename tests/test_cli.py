@@ -31,8 +31,8 @@ def assert_one_line_error(result, *fragments):
 def test_help_explains_the_main_form():
     result = run("--help")
     assert result.exit_code == 0
-    for flag in ("--ref", "--out", "--overwrite", "--quiet", "--device", "--method", "--no-temporal",
-                 "--temporal-strength", "--codec", "--version"):
+    for flag in ("--ref", "--out", "--overwrite", "--quiet", "--device", "--method",
+                 "--no-temporal",                 "--temporal-strength", "--codec", "--version"):
         assert flag in result.output
 
 
@@ -104,9 +104,8 @@ def test_bad_options_are_usage_errors(gray_clip, ref_still, args):
 
 def test_still_in_still_out(ref_still, tmp_path):
     import numpy as np
-    from PIL import Image
-
     from conftest import moving_bars
+    from PIL import Image
 
     photo = tmp_path / "photo.jpg"
     Image.fromarray(moving_bars(0, 80, 60)).save(photo)

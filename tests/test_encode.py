@@ -102,7 +102,8 @@ def test_audio_the_container_cannot_hold_is_refused_before_writing(media_dir, tm
 
 def test_failure_mid_way_leaves_no_file(gray_clip, tmp_path):
     out = tmp_path / "broken.mp4"
-    with pytest.raises(RuntimeError), VideoWriter(out, io.probe(gray_clip), audio_from=gray_clip) as w:
+    info = io.probe(gray_clip)
+    with pytest.raises(RuntimeError), VideoWriter(out, info, audio_from=gray_clip) as w:
         for frame in io.read_frames(gray_clip):
             w.write(tint(frame))
             if frame.index == 5:

@@ -52,7 +52,7 @@ def test_imports_point_down(module):
     for target in package_imports(PACKAGE / f"{module}.py"):
         if (module, target) in ALLOWED_SIDEWAYS or target == module:
             continue
-        assert LAYER[target] < LAYER[module], f"{module} (L{LAYER[module]}) imports {target} (L{LAYER[target]})"
+        assert LAYER[target] < LAYER[module], f"{module} imports {target}: an arrow up or sideways"
 
 
 def test_library_never_prints():

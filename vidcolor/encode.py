@@ -59,17 +59,27 @@ class EncodeOptions:
 
     def __post_init__(self) -> None:
         if self.codec not in CODECS:
-            raise OptionsError(f"EncodeOptions.codec must be one of {sorted(CODECS)}, got {self.codec!r}")
+            raise OptionsError(
+                f"EncodeOptions.codec must be one of {sorted(CODECS)}, got {self.codec!r}"
+            )
         if not 0 <= self.crf <= 51:
-            raise OptionsError(f"EncodeOptions.crf must be in [0, 51], got {self.crf}")
+            raise OptionsError(
+                f"EncodeOptions.crf must be in [0, 51], got {self.crf}"
+            )
         if self.preset not in X26X_PRESETS:
-            raise OptionsError(f"EncodeOptions.preset must be one of {X26X_PRESETS}, got {self.preset!r}")
+            raise OptionsError(
+                f"EncodeOptions.preset must be one of {X26X_PRESETS}, got {self.preset!r}"
+            )
         if self.chroma not in CHROMA_CHOICES:
-            raise OptionsError(f"EncodeOptions.chroma must be one of {CHROMA_CHOICES}, got {self.chroma!r}")
+            raise OptionsError(
+                f"EncodeOptions.chroma must be one of {CHROMA_CHOICES}, got {self.chroma!r}"
+            )
         if self.bit_depth not in (None, 8, 10):
-            raise OptionsError(f"EncodeOptions.bit_depth must be 8, 10 or None, got {self.bit_depth}")
+            raise OptionsError(
+                f"EncodeOptions.bit_depth must be 8, 10 or None, got {self.bit_depth}"
+            )
         if self.codec == "prores" and self.bit_depth == 8:
-            raise OptionsError("EncodeOptions.bit_depth 8 is not possible with prores (always 10-bit)")
+            raise OptionsError("EncodeOptions.bit_depth 8 is impossible: prores is 10-bit")
 
 
 def partial_path(out: Path) -> Path:
@@ -87,7 +97,7 @@ def check_output_path(out: Path, src: Path, overwrite: bool) -> None:
     if out.resolve() == src.resolve() or (out.exists() and os.path.samefile(out, src)):
         raise EncodeError(f"Output '{out}' is the input itself; choose another path with -o")
     if out.is_dir():
-        raise EncodeError(f"Output '{out}' is a directory; give a file name such as '{out / 'film.color.mp4'}'")
+        raise EncodeError(f"Output '{out}' is a directory; give a file name inside it")
     if out.exists() and not overwrite:
         raise EncodeError(f"Output '{out}' already exists; pass --overwrite to replace it")
     parent = out.parent if str(out.parent) else Path(".")
@@ -363,7 +373,7 @@ class _AudioCopier:
                 self.close()
                 raise EncodeError(
                     f"The audio codec {codec} of '{src}' cannot go into "
-                    f"a {out.suffix} file ('{out}'); use -o with {' or '.join(fits)} to keep the sound"
+                    f"a {out.suffix} file ('{out}'); use -o with {' or '.join(fits)} to keep it"
                 )
             self._out_streams[stream.index] = container.add_stream_from_template(stream)
         self._container = container

@@ -15,7 +15,9 @@ import numpy as np
 # D65 reference white in XYZ, for CIE Lab.
 _WHITE_XYZ = np.array([0.95047, 1.0, 1.08883], dtype=np.float32)
 _RGB_TO_XYZ = np.array(
-    [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]],
+    [[0.412453, 0.357580, 0.180423],
+     [0.212671, 0.715160, 0.072169],
+     [0.019334, 0.119193, 0.950227]],
     dtype=np.float32,
 )
 _XYZ_TO_RGB = np.linalg.inv(_RGB_TO_XYZ).astype(np.float32)
