@@ -128,3 +128,35 @@ def test_load_still_errors_name_the_reference(tmp_path):
     bogus.write_text("not an image")
     with pytest.raises(ReferenceImageError, match="bogus.jpg"):
         io.load_still(bogus)
+
+
+def corrupt_middle(path, out):
+    data = bytearray(path.read_bytes())
+    rng = np.random.default_rng(1)
+    for offset in range(len(data) // 3, len(data) // 3 + 3000, 200):
+        data[offset:offset + 40] = rng.integers(0, 255, 40, dtype=np.uint8).tobytes()
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_corrupt_packets_are_replaced_by_repeats_keeping_timing(media_dir, caplog):
+    clean = write_clip(media_dir / "clean.mp4", n_frames=48, width=160, height=120)
+    broken = corrupt_middle(clean, media_dir / "broken.mp4")
+    good = list(io.read_frames(clean))
+    frames = list(io.read_frames(broken))
+    assert [f.pts for f in frames] == [f.pts for f in good]
+    assert [f.index for f in frames] == list(range(48))
+    assert "repeat" in caplog.text
+
+
+def test_truncated_files(media_dir):
+    whole = write_clip(media_dir / "whole.mkv", n_frames=48, codec="ffv1", audio=False)
+    half = media_dir / "half.mkv"
+    half.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    frames = list(io.read_frames(half))  # Matroska: what was written decodes
+    assert 10 < len(frames) < 48
+    mp4 = write_clip(media_dir / "whole.mp4", n_frames=48)
+    cut = media_dir / "cut.mp4"
+    cut.write_bytes(mp4.read_bytes()[: mp4.stat().st_size // 2])
+    with pytest.raises(VideoOpenError, match="complete"):  # MP4: the index is at the end
+        io.probe(cut)

@@ -13,6 +13,7 @@ import hashlib
 import io
 import logging
 import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -103,8 +104,13 @@ def check_output_path(out: Path, src: Path, overwrite: bool) -> None:
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise EncodeError(f"Output folder '{parent}' does not exist; create it first")
-    if not os.access(parent, os.W_OK):
-        raise EncodeError(f"Output folder '{parent}' is not writable; choose another with -o")
+    try:  # a real file, not os.access: root, ACLs and read-only mounts all answer honestly
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise EncodeError(
+            f"Output folder '{parent}' is not writable ({e.strerror}); choose another with -o"
+        ) from e
 
 
 def container_format(out: Path) -> str:
@@ -358,15 +364,27 @@ def _muxer_accepts(fmt: str, src: Path, stream_index: int) -> bool:
 
 
 class _AudioCopier:
-    """Stream-copy every audio stream of a source file, interleaved with the video, and verify."""
+    """Stream-copy the audio (and subtitle) streams of a source, interleaved with the video.
+
+    Audio the container cannot hold stops the run before any work; a subtitle track it cannot
+    hold is left out with a warning (the sound matters, a caption track can be re-muxed later).
+    """
 
     def __init__(self, src: Path, container: av.container.OutputContainer, out: Path) -> None:
         self._src = av.open(os.fspath(src))
         self._out_name = out
         in_streams = list(self._src.streams.audio)
         self._out_streams = {}
+        for stream in self._src.streams.subtitles:
+            if _muxer_accepts(container_format(out), src, stream.index):
+                in_streams.append(stream)
+            else:
+                logger.warning("'%s': subtitle track %d (%s) cannot go into a %s file and is left "
+                               "out; use -o with .mkv to keep it", src, stream.index,
+                               stream.codec_context.name, out.suffix)
         for stream in in_streams:
-            if not _muxer_accepts(container_format(out), src, stream.index):
+            if stream.type == "audio" and not _muxer_accepts(container_format(out), src,
+                                                             stream.index):
                 codec = stream.codec_context.name
                 fits = [sfx for sfx in (".mkv", ".mov", ".mp4")
                         if _muxer_accepts(CONTAINER_FORMATS[sfx], src, stream.index)]
@@ -377,6 +395,8 @@ class _AudioCopier:
                 )
             self._out_streams[stream.index] = container.add_stream_from_template(stream)
         self._container = container
+        # Stream objects die with their container; keep the plain indices for verify().
+        self._written_index = {i: s.index for i, s in self._out_streams.items()}
         self._digests = {i: hashlib.sha256() for i in self._out_streams}
         self._counts = dict.fromkeys(self._out_streams, 0)
         self._packets = self._demux(in_streams) if in_streams else iter(())
@@ -409,21 +429,21 @@ class _AudioCopier:
         self.close()
         if not self._out_streams:
             return
+        written_index = self._written_index
         with av.open(os.fspath(written)) as check:
-            streams = list(check.streams.audio)
-            digests = [hashlib.sha256() for _ in streams]
-            counts = [0] * len(streams)
+            streams = [s for s in check.streams if s.index in written_index.values()]
+            digests = {s.index: hashlib.sha256() for s in streams}
+            counts = dict.fromkeys(digests, 0)
             for packet in check.demux(streams):
                 if packet.size:
-                    position = streams.index(packet.stream)
-                    digests[position].update(bytes(packet))
-                    counts[position] += 1
-        expected = [(self._counts[i], self._digests[i].hexdigest()) for i in self._out_streams]
-        found = [(n, d.hexdigest()) for n, d in zip(counts, digests, strict=True)]
-        if expected != found:
-            raise EncodeError(
-                f"Audio in '{self._out_name}' does not match the input's packets after copying"
-            )
+                    digests[packet.stream.index].update(bytes(packet))
+                    counts[packet.stream.index] += 1
+        for src_index, out_index in written_index.items():
+            expected = (self._counts[src_index], self._digests[src_index].hexdigest())
+            if expected != (counts.get(out_index), digests[out_index].hexdigest()):
+                raise EncodeError(
+                    f"Audio in '{self._out_name}' does not match the input's packets after copying"
+                )
 
     def close(self) -> None:
         self._src.close()

@@ -7,6 +7,8 @@ the raw luma plane, range, matrix, rotation and pixel aspect. It knows nothing a
 
 from __future__ import annotations
 
+import dataclasses
+import heapq
 import logging
 import os
 from collections.abc import Iterator
@@ -58,8 +60,10 @@ def probe(path: Path) -> VideoInfo:
 def read_frames(path: Path) -> Iterator[Frame]:
     """Decode the frames of `path` in presentation order, one at a time.
 
-    Undecodable packets are skipped with one warning per film; after
-    MAX_CONSECUTIVE_BAD_PACKETS in a row the film is given up as corrupt.
+    A frame that cannot be decoded (its packet was demuxed but no picture came out) is
+    replaced by a repeat of the last good frame at the lost timestamp, so timing and frame
+    count hold; one warning per film. After MAX_CONSECUTIVE_BAD_PACKETS in a row the film is
+    given up as corrupt.
 
     Yields:
         Frame with `source` (H, W, 3) uint8 RGB and `luma_plane` the stream's own Y plane.
@@ -75,10 +79,27 @@ def read_frames(path: Path) -> Iterator[Frame]:
     with _open_container(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # frame threading: decode overlaps with our per-frame work
-        index = 0
-        for av_frame in _decode_tolerant(container, stream, path):
-            yield _to_frame(av_frame, index)
+        expected: list[int] = []  # heap: pts of demuxed packets not yet matched by a frame
+        half_frame = _half_frame_pts(stream)
+        index, last, repeated = 0, None, 0
+        for av_frame in _decode_tolerant(container, stream, path, expected):
+            frame = _to_frame(av_frame, index)
+            for pts in _lost_before(expected, frame.pts, half_frame, last):
+                if not repeated:
+                    logger.warning("'%s': a frame at pts %d could not be decoded; repeating the "
+                                   "last good frame in its place", path, pts)
+                repeated += 1
+                yield dataclasses.replace(last, index=index, pts=pts)
+                index += 1
+            last = dataclasses.replace(frame, index=index)
+            yield last
             index += 1
+        for pts in _lost_before(expected, None, half_frame, last):
+            repeated += 1
+            yield dataclasses.replace(last, index=index, pts=pts)
+            index += 1
+        if repeated:
+            logger.warning("'%s': %d undecodable frames were replaced by repeats", path, repeated)
     if index == 0:
         raise VideoOpenError(f"'{path}' has a video stream but no frame could be decoded")
 
@@ -121,24 +142,61 @@ def _open_container(path: Path) -> av.container.InputContainer:
     try:
         container = av.open(os.fspath(path), mode="r")
     except (av.error.FFmpegError, UnicodeDecodeError) as e:
-        raise VideoOpenError(f"Cannot open '{path}' as a video: {e}") from e
+        raise VideoOpenError(
+            f"Cannot open '{path}' as a video ({e}); is it a complete, uncorrupted video file?"
+        ) from e
     if not container.streams.video:
         container.close()
         raise VideoOpenError(f"'{path}' has no video stream; is it an audio file?")
     return container
 
 
-def _decode_tolerant(container, stream, path: Path) -> Iterator[av.VideoFrame]:
-    """Decode `stream`, skipping bad packets with one warning and a cap on consecutive failures."""
+def _half_frame_pts(stream) -> float:
+    """Half a nominal frame duration in pts units: how far a frame may sit from its packet."""
+    rate = stream.average_rate or stream.guessed_rate
+    if not rate or not stream.time_base:
+        return 0.5
+    return max(0.5, 0.5 / float(rate * stream.time_base))
+
+
+def _lost_before(expected: list[int], pts: int | None, half_frame: float,
+                 last: Frame | None) -> list[int]:
+    """Match a decoded frame to its packet; return packet timestamps that produced no frame.
+
+    Decoders output in presentation order, so a packet whose pts lies before the frame now
+    decoded (by more than half a frame) will never produce a picture. With `pts` None (end of
+    stream) every unmatched packet is lost. Losses before the first good frame are dropped:
+    there is nothing to repeat.
+    """
+    if pts is None and last is None:
+        return []
+    lost = []
+    while expected and (pts is None or expected[0] <= pts + half_frame):
+        candidate = heapq.heappop(expected)
+        if pts is not None and candidate >= pts - half_frame:
+            continue  # this frame's own packet
+        if last is not None and last.pts is not None and candidate > last.pts + half_frame:
+            lost.append(candidate)
+    return lost
+
+
+def _decode_tolerant(container, stream, path: Path,
+                     expected: list[int] | None = None) -> Iterator[av.VideoFrame]:
+    """Decode `stream`, skipping bad packets with one warning and a cap on consecutive failures.
+
+    The pts of every demuxed packet is pushed onto the heap `expected`, when given.
+    """
     consecutive_bad = 0
     warned = False
     for packet in container.demux(stream):
+        if expected is not None and packet.size and packet.pts is not None:
+            heapq.heappush(expected, packet.pts)
         try:
             frames = packet.decode()
         except av.error.InvalidDataError as e:
             consecutive_bad += 1
             if not warned:
-                logger.warning("'%s': skipping undecodable data (%s); timing is kept", path, e)
+                logger.warning("'%s': undecodable data (%s)", path, e)
                 warned = True
             if consecutive_bad >= MAX_CONSECUTIVE_BAD_PACKETS:
                 raise VideoOpenError(

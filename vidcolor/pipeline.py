@@ -8,6 +8,7 @@ before any work starts, and it owns the progress bar. It prints nothing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -20,12 +21,15 @@ from . import io
 from .colorize import ColorizeOptions, Colorizer
 from .encode import EncodeOptions, VideoWriter, check_output_path, container_format, write_still
 from .errors import OptionsError
+from .frames import Frame
 from .temporal import TemporalFilter, TemporalOptions
 from .weights import load_model
 
 logger = logging.getLogger(__name__)
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+TRUNCATED_FRACTION = 0.9  # fewer decoded frames than this share of the header's count: warn
+COLOUR_INPUT_SPREAD = 6.0  # mean |R-G|+|G-B| (0..510) above which an input counts as colour
 
 
 @dataclass(frozen=True)
@@ -85,16 +89,33 @@ def colorize_video(src: Path, ref: Path, out: Path, opts: PipelineOptions | None
     with ExitStack() as stack:
         writer = stack.enter_context(VideoWriter(out, info, audio_from=src, opts=opts.encode))
         colorizer = Colorizer(model or _load(opts), reference_rgb, opts.colorize)
-        frames = TemporalFilter(opts.temporal).run(colorizer.run(io.read_frames(src)))
+        decoded = _note_colour_input(io.read_frames(src), src)
+        frames = TemporalFilter(opts.temporal).run(colorizer.run(decoded))
         bar = stack.enter_context(tqdm(total=info.n_frames, unit="frame", disable=not show_progress,
                                        desc=src.name, dynamic_ncols=True))
         for frame in frames:
             writer.write(frame)
             bar.update()
-    if info.n_frames and abs(writer.frames_written - info.n_frames) > 1:
-        logger.info("%s: wrote %d frames (container estimated %d)", src, writer.frames_written,
-                    info.n_frames)
+    if info.n_frames and writer.frames_written < TRUNCATED_FRACTION * info.n_frames:
+        logger.warning("'%s' looks truncated: %d of about %d frames could be decoded; they were "
+                       "colourised with the audio that came with them", src,
+                       writer.frames_written, info.n_frames)
     return out
+
+
+def _note_colour_input(frames: Iterator[Frame], src: Path) -> Iterator[Frame]:
+    """Say once when the input already has colour: only its luminance is used."""
+    for frame in frames:
+        if frame.index == 0 and _has_colour(frame.source):
+            logger.warning("'%s' is already in colour; its colour is replaced (only its "
+                           "luminance is used)", src)
+        yield frame
+
+
+def _has_colour(rgb: np.ndarray) -> bool:
+    small = rgb[::4, ::4].astype(np.int16)
+    spread = np.abs(small[..., 0] - small[..., 1]) + np.abs(small[..., 1] - small[..., 2])
+    return float(spread.mean()) > COLOUR_INPUT_SPREAD
 
 
 def colorize_image(image: np.ndarray, reference: np.ndarray, *, method: str = "match",
