@@ -26,18 +26,25 @@ def moving_bars(index: int, width: int, height: int) -> np.ndarray:
 def write_clip(path: Path, *, n_frames: int = 24, width: int = 64, height: int = 48,
                rate: Fraction = Fraction(24000, 1001), audio: bool = True, pix_fmt: str = "yuv420p",
                codec: str = "libx264", pts_of=None, frame_of=moving_bars,
-               audio_codec: str = "aac", rotation_deg: int = 0) -> Path:
+               audio_codec: str = "aac", rotation_deg: int = 0, audio_tracks: int = 1,
+               sample_aspect: Fraction | None = None, interlaced: bool = False) -> Path:
     """Write a real clip with PyAV: moving bars, optional tone, optional custom timestamps."""
     with av.open(str(path), mode="w") as container:
         video = container.add_stream(codec, rate=rate)
         video.width, video.height, video.pix_fmt = width, height, pix_fmt
         if rotation_deg:
             video.set_display_rotation(rotation_deg)
+        if sample_aspect is not None:
+            video.codec_context.sample_aspect_ratio = sample_aspect
+        if interlaced:
+            video.codec_context.flags |= av.codec.context.Flags.interlaced_dct
+            video.codec_context.field_order = 2  # AV_FIELD_TT: top field first
         if pts_of is not None:
             video.codec_context.time_base = Fraction(1, 1000)
-        if audio:
-            sound = container.add_stream(audio_codec, rate=48000)
-            sound.layout = "stereo"
+        sounds = []
+        for _ in range(audio_tracks if audio else 0):
+            sounds.append(container.add_stream(audio_codec, rate=48000))
+            sounds[-1].layout = "stereo"
         for i in range(n_frames):
             frame = av.VideoFrame.from_ndarray(frame_of(i, width, height), format="rgb24")
             frame = frame.reformat(format=pix_fmt)
@@ -47,7 +54,7 @@ def write_clip(path: Path, *, n_frames: int = 24, width: int = 64, height: int =
                 container.mux(packet)
         for packet in video.encode(None):
             container.mux(packet)
-        if audio:
+        for sound in sounds:
             _write_tone(container, sound, n_frames / float(rate))
     return path
 

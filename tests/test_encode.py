@@ -137,3 +137,54 @@ def test_output_path_checks(gray_clip, tmp_path):
 def test_bad_options_are_rejected(bad):
     with pytest.raises(OptionsError):
         EncodeOptions(**bad)
+
+
+def test_two_audio_tracks_are_both_copied(media_dir, tmp_path):
+    src = write_clip(media_dir / "two_tracks.mp4", n_frames=6, audio_tracks=2)
+    packets = audio_packets(encode(src, tmp_path / "two.mp4"))
+    assert len(packets) == 2 and packets == audio_packets(src)
+
+
+def with_subtitles(clip, out):
+    """Mux an SRT subtitle track beside the clip's streams (stream copy of everything)."""
+    srt = out.with_suffix(".srt")
+    srt.write_text("1\n00:00:00,000 --> 00:00:00,500\nHello, archive.\n")
+    with av.open(str(clip)) as video_src, av.open(str(srt)) as sub_src, \
+            av.open(str(out), "w") as dst:
+        mapping = {s: dst.add_stream_from_template(s) for s in video_src.streams}
+        subtitle = dst.add_stream_from_template(sub_src.streams.subtitles[0])
+        for packet in video_src.demux():
+            if packet.size:
+                packet.stream = mapping[packet.stream]
+                dst.mux(packet)
+        for packet in sub_src.demux():
+            if packet.size:
+                packet.stream = subtitle
+                dst.mux(packet)
+    return out
+
+
+def test_subtitles_are_copied_when_the_container_can_hold_them(gray_clip, tmp_path, caplog):
+    src = with_subtitles(gray_clip, tmp_path / "subbed.mkv")
+    out = encode(src, tmp_path / "subbed_out.mkv")
+    with av.open(str(out)) as container:
+        assert [s.codec_context.name for s in container.streams.subtitles] in (["srt"], ["subrip"])
+    encode(src, tmp_path / "subbed_out.mp4")  # MP4 cannot hold SubRip: left out, with a warning
+    assert "subtitle" in caplog.text and "mkv" in caplog.text
+    assert audio_packets(tmp_path / "subbed_out.mp4") == audio_packets(gray_clip)
+
+
+def test_anamorphic_pixel_aspect_is_kept(media_dir, tmp_path):
+    from fractions import Fraction
+
+    src = write_clip(media_dir / "anamorphic.mp4", n_frames=4, audio=False,
+                     sample_aspect=Fraction(64, 45))
+    assert io.probe(src).sample_aspect == Fraction(64, 45)
+    assert io.probe(encode(src, tmp_path / "ana.mp4")).sample_aspect == Fraction(64, 45)
+
+
+def test_interlaced_input_stays_interlaced(media_dir, tmp_path):
+    src = write_clip(media_dir / "interlaced.mp4", n_frames=4, audio=False, interlaced=True)
+    assert io.probe(src).interlaced
+    out = encode(src, tmp_path / "interlaced_out.mp4")
+    assert io.probe(out).interlaced

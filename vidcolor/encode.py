@@ -35,6 +35,7 @@ CONTAINER_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matro
 PARTIAL_SUFFIX = ".partial"  # in-progress output is OUT + this suffix
 _AV_COLORSPACE = {"bt709": 1, "bt601": 6}  # AVColorSpace codes: BT709, SMPTE170M
 _AV_RANGE = {False: 1, True: 2}  # AVColorRange: MPEG (limited), JPEG (full)
+_AV_FIELD_TT, _AV_FIELD_BB = 2, 3  # AVFieldOrder: top / bottom field first
 _AUDIO_LEAD_S = 0.5  # mux audio up to this far ahead of the video, so players start smoothly
 
 
@@ -252,6 +253,9 @@ class VideoWriter:
         ctx.thread_type = "AUTO"
         if info.rotation_deg:
             stream.set_display_rotation(info.rotation_deg)
+        if info.interlaced and self.opts.codec != "ffv1":  # ffv1 stores fields losslessly as is
+            ctx.flags |= av.codec.context.Flags.interlaced_dct
+            ctx.field_order = _AV_FIELD_TT if info.top_field_first else _AV_FIELD_BB
         return stream
 
     def _to_av_frame(self, frame: Frame) -> av.VideoFrame:

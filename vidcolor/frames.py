@@ -68,6 +68,8 @@ class VideoInfo:
         sample_aspect: pixel aspect ratio (1 for square pixels).
         codec: decoder name, e.g. "h264".
         is_still: True when the input is a single image rather than a film.
+        interlaced: the first frame is coded as two fields (kept interlaced on output).
+        top_field_first: field order of interlaced input.
     """
 
     width: int
@@ -84,6 +86,8 @@ class VideoInfo:
     sample_aspect: Fraction = Fraction(1)
     codec: str = ""
     is_still: bool = False
+    interlaced: bool = False
+    top_field_first: bool = True
 
 
 def srgb_to_linear(rgb: np.ndarray) -> np.ndarray:

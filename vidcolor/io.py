@@ -30,6 +30,7 @@ MAX_CONSECUTIVE_BAD_PACKETS = 25  # give up on a stream after this many undecoda
 _AV_COLORSPACE_BT709 = 1
 _AV_COLORSPACE_UNSPECIFIED = 2
 _AV_RANGE_FULL = 2
+_AV_FIELD_BB_ORDERS = (3, 5)  # AVFieldOrder BB and BT: bottom field displayed first
 _FULL_RANGE_FORMATS = ("yuvj420p", "yuvj422p", "yuvj444p", "gray", "gray10le", "gray12le")
 
 
@@ -235,6 +236,8 @@ def _video_info(stream, first: av.VideoFrame) -> VideoInfo:
         rotation_deg=int(round(first.rotation or 0)) % 360,
         sample_aspect=Fraction(stream.sample_aspect_ratio or 1),
         codec=stream.codec_context.name,
+        interlaced=bool(first.interlaced_frame),
+        top_field_first=stream.codec_context.field_order not in _AV_FIELD_BB_ORDERS,
     )
 
 
