@@ -116,3 +116,54 @@ def test_user_mistakes_fail_before_any_output(gray_clip, ref_still, tmp_path):
         vidcolor.colorize_video(gray_clip, ref_still, out)
     assert out.read_bytes() == b"keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.mp4", "out.mp4"]
+
+
+def test_single_frame_film(media_dir, ref_still, tmp_path):
+    from conftest import write_clip
+
+    src = write_clip(media_dir / "one.mp4", n_frames=1)
+    out = vidcolor.colorize_video(src, ref_still, tmp_path / "one.color.mp4")
+    assert len(list(io.read_frames(out))) == 1
+    assert audio_packets(out) == audio_packets(src)
+
+
+@pytest.mark.slow
+def test_4k_input_works(media_dir, ref_still, tmp_path):
+    from conftest import write_clip
+
+    src = write_clip(media_dir / "uhd.mp4", n_frames=3, width=3840, height=2160, audio=False)
+    out = vidcolor.colorize_video(src, ref_still, tmp_path / "uhd.color.mp4")
+    info = io.probe(out)
+    assert (info.width, info.height) == (3840, 2160) and len(list(io.read_frames(out))) == 3
+
+
+def test_colour_input_is_noted_once(media_dir, ref_still, tmp_path, caplog):
+    from conftest import colorful_still, write_clip
+
+    src = write_clip(media_dir / "colour.mp4", n_frames=4, audio=False,
+                     frame_of=lambda i, w, h: colorful_still(w, h))
+    vidcolor.colorize_video(src, ref_still, tmp_path / "recolour.mp4")
+    assert caplog.text.count("already in colour") == 1
+
+
+def test_unwritable_output_folder_fails_before_work(gray_clip, ref_still):
+    with pytest.raises(EncodeError, match="not writable|does not exist"):
+        vidcolor.colorize_video(gray_clip, ref_still, "/proc/vidcolor-test/out.mp4")
+    with pytest.raises(EncodeError, match="not writable"):
+        vidcolor.colorize_video(gray_clip, ref_still, "/proc/out.mp4")
+
+
+@pytest.mark.parametrize("kind", ["tiny", "cmyk"])
+def test_reference_edge_cases(gray_clip, tmp_path, kind):
+    from conftest import colorful_still
+
+    still = tmp_path / f"{kind}.jpg"
+    if kind == "tiny":
+        Image.fromarray(colorful_still(20, 16)).save(still)
+        with pytest.raises(ReferenceImageError, match="px"):
+            vidcolor.colorize_video(gray_clip, still, tmp_path / "out.mp4")
+        assert not (tmp_path / "out.mp4").exists()
+    else:
+        Image.fromarray(colorful_still()).convert("CMYK").save(still)
+        out = vidcolor.colorize_video(gray_clip, still, tmp_path / "out.mp4")
+        assert mean_chroma(out, every=6) > 5
