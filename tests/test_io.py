@@ -34,9 +34,24 @@ def test_read_frames_streams_in_order_with_pts_and_luma(gray_clip):
     assert first.color is None
 
 
-def test_read_frames_is_lazy(gray_clip):
-    iterator = io.read_frames(gray_clip)
-    assert next(iterator).index == 0  # a generator: nothing beyond the first frame decoded yet
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_read_frames_streams_and_stops_cleanly(gray_clip, prefetch):
+    import threading
+
+    before = threading.active_count()
+    iterator = io.read_frames(gray_clip, prefetch=prefetch)
+    assert [next(iterator).index for _ in range(3)] == [0, 1, 2]
+    iterator.close()  # a consumer that stops early must not leave a decode thread behind
+    assert threading.active_count() == before
+    same = [f.pts for f in io.read_frames(gray_clip, prefetch=prefetch)]
+    assert same == [f.pts for f in io.read_frames(gray_clip, prefetch=0)]
+
+
+def test_decode_errors_reach_the_consumer(tmp_path):
+    bogus = tmp_path / "bogus.mkv"
+    bogus.write_bytes(b"\x1a\x45\xdf\xa3" + bytes(200))
+    with pytest.raises(VideoOpenError, match="bogus.mkv"):
+        list(io.read_frames(bogus))
 
 
 @pytest.mark.parametrize(("pix_fmt", "full_range", "depth"), [

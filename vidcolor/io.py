@@ -11,6 +11,8 @@ import dataclasses
 import heapq
 import logging
 import os
+import queue
+import threading
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -25,6 +27,7 @@ from .frames import Frame, VideoInfo
 logger = logging.getLogger(__name__)
 
 MAX_CONSECUTIVE_BAD_PACKETS = 25  # give up on a stream after this many undecodable packets in a row
+DECODE_QUEUE_FRAMES = 8  # frames decoded ahead in the background thread
 
 # AVColorSpace codes that mean the BT.709 matrix; everything else tagged is treated as BT.601.
 _AV_COLORSPACE_BT709 = 1
@@ -58,9 +61,11 @@ def probe(path: Path) -> VideoInfo:
         return _video_info(stream, first)
 
 
-def read_frames(path: Path) -> Iterator[Frame]:
+def read_frames(path: Path, prefetch: int = DECODE_QUEUE_FRAMES) -> Iterator[Frame]:
     """Decode the frames of `path` in presentation order, one at a time.
 
+    Decoding runs in a background thread, `prefetch` frames ahead (0: in the caller's thread),
+    so it overlaps with colourisation; memory stays bounded by the queue.
     A frame that cannot be decoded (its packet was demuxed but no picture came out) is
     replaced by a repeat of the last good frame at the lost timestamp, so timing and frame
     count hold; one warning per film. After MAX_CONSECUTIVE_BAD_PACKETS in a row the film is
@@ -72,7 +77,58 @@ def read_frames(path: Path) -> Iterator[Frame]:
     Raises:
         VideoOpenError: the file cannot be opened or is corrupt beyond repair.
     """
-    path = Path(path)
+    frames = _decode_frames(Path(path))
+    return _in_background(frames, prefetch) if prefetch > 0 else frames
+
+
+def _in_background(items: Iterator[Frame], depth: int) -> Iterator[Frame]:
+    """Run the generator `items` in a thread, `depth` items ahead; errors reach the consumer."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(item) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer(item):
+                    return
+            offer(_END)
+        except BaseException as e:  # handed to the consumer, raised there with its traceback
+            offer(_Failure(e))
+        finally:
+            items.close()  # release the container in the thread that used it
+
+    worker = threading.Thread(target=produce, name="vidcolor-decode", daemon=True)
+    worker.start()
+    try:
+        while (item := slots.get()) is not _END:
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+class _Failure:
+    """An exception travelling from the decode thread to the consumer."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END = object()  # end-of-stream marker on the decode queue
+
+
+def _decode_frames(path: Path) -> Iterator[Frame]:
     if is_still_image(path):
         rgb = load_still(path, role="input")
         yield Frame(index=0, pts=None, source=rgb, luma_plane=None)
