@@ -13,7 +13,7 @@ LAYER = {
     "errors": 0, "frames": 0,
     "io": 1, "encode": 1, "temporal": 1, "model": 1,
     "weights": 2, "colorize": 2,
-    "pipeline": 3,
+    "pipeline": 3, "jobs": 3,
     "batch": 4, "cli": 4,
     "__init__": 5, "__main__": 5,
 }

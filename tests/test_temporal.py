@@ -47,8 +47,9 @@ def _pattern_clip(n: int, seed: int, height: int = 72, width: int = 96) -> list[
     return [rgb[t : t + height, 2 * t : 2 * t + width].copy() for t in range(n)]
 
 
-def _frames(sources: list[np.ndarray], colors: list[np.ndarray], pts_step: int = 1001) -> list:
-    return [Frame(i, i * pts_step, s, None, c) for i, (s, c) in enumerate(zip(sources, colors))]
+def _frames(sources: list[np.ndarray], colors: list[np.ndarray]) -> list[Frame]:
+    pairs = enumerate(zip(sources, colors, strict=True))
+    return [Frame(i, i * 1001, s, None, c) for i, (s, c) in pairs]
 
 
 def _decode(name: str, n: int, size: tuple[int, int] | None = None) -> list[np.ndarray]:
@@ -82,7 +83,8 @@ def _chroma_warp_error(outputs: list[np.ndarray], originals: list[np.ndarray]) -
         grid = np.stack(np.meshgrid(np.arange(g0.shape[1]), np.arange(g0.shape[0])), -1)
         maps = (grid + fwd).astype(np.float32)
         back_at = cv2.remap(back, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR)
-        valid = ((fwd + back_at) ** 2).sum(-1) < 0.01 * ((fwd**2).sum(-1) + (back_at**2).sum(-1)) + 0.5
+        scale = (fwd**2).sum(-1) + (back_at**2).sum(-1)
+        valid = ((fwd + back_at) ** 2).sum(-1) < 0.01 * scale + 0.5
         valid &= (maps[..., 0] >= 0) & (maps[..., 0] <= g0.shape[1] - 1)
         valid &= (maps[..., 1] >= 0) & (maps[..., 1] <= g0.shape[0] - 1)
         warped = cv2.remap(outputs[t + 1], maps[..., 0], maps[..., 1], cv2.INTER_LINEAR)
@@ -92,7 +94,8 @@ def _chroma_warp_error(outputs: list[np.ndarray], originals: list[np.ndarray]) -
 
 
 def _psnr(outputs: list[np.ndarray], originals: list[np.ndarray]) -> float:
-    mse = np.mean([np.mean((o.astype(np.float64) - g) ** 2) for o, g in zip(outputs, originals)])
+    pairs = zip(outputs, originals, strict=True)
+    mse = np.mean([np.mean((o.astype(np.float64) - g) ** 2) for o, g in pairs])
     return float(10 * np.log10(255.0**2 / mse))
 
 
@@ -139,14 +142,15 @@ def test_options_are_frozen_and_replaceable() -> None:
 
 def test_run_keeps_order_count_pts_and_source() -> None:
     colors = _pattern_clip(8, seed=1)
+    vfr_pts = [0, 1001, 3003, 4004, 4505, 7007, 8008, 9009]
     frames = [
         Frame(i, pts, _gray(c), None, c)
-        for i, (pts, c) in enumerate(zip([0, 1001, 3003, 4004, 4505, 7007, 8008, 9009], colors))
+        for i, (pts, c) in enumerate(zip(vfr_pts, colors, strict=True))
     ]
     out = list(TemporalFilter().run(iter(frames)))
     assert [f.index for f in out] == [f.index for f in frames]
     assert [f.pts for f in out] == [f.pts for f in frames]
-    for before, after in zip(frames, out):
+    for before, after in zip(frames, out, strict=True):
         assert after.source is before.source
         assert after.color.shape == before.color.shape and after.color.dtype == np.uint8
 
@@ -176,7 +180,7 @@ def test_lightness_is_kept() -> None:
     rng = np.random.default_rng(3)
     colors = [_shift_ab(c, rng.normal(0, 8, 2)) for c in _pattern_clip(6, seed=3)]
     out = _run(_frames([_gray(c) for c in colors], colors))
-    for before, after in zip(colors, out):
+    for before, after in zip(colors, out, strict=True):
         diff = np.abs(rgb_to_lab(before)[..., 0] - rgb_to_lab(after)[..., 0])
         # L only moves by uint8 rounding of RGB (up to ~1 unit in dark, saturated pixels).
         assert diff.mean() < 0.35 and np.percentile(diff, 99) < 2.0
@@ -202,7 +206,7 @@ def test_strength_zero_returns_input_colours_exactly() -> None:
     colors = [_shift_ab(c, rng.normal(0, 10, 2)) for c in _pattern_clip(8, seed=5)]
     frames = _frames([_gray(c) for c in colors], colors)
     out = list(TemporalFilter(TemporalOptions(strength=0.0)).run(frames))
-    for before, after in zip(frames, out):
+    for before, after in zip(frames, out, strict=True):
         assert np.array_equal(after.color, before.color)
 
 
@@ -239,7 +243,7 @@ def test_cut_between_synthetic_shots_resets_history(caplog: pytest.LogCaptureFix
         out = _run(frames)
     assert np.array_equal(out[6], colors[6])
     alone = _run(frames[6:])
-    assert all(np.array_equal(a, b) for a, b in zip(out[6:], alone))
+    assert all(np.array_equal(a, b) for a, b in zip(out[6:], alone, strict=True))
     starts = [r.getMessage() for r in caplog.records if "starts a shot" in r.getMessage()]
     assert len(starts) == 2
 
@@ -277,8 +281,8 @@ def test_cut_between_real_shots_carries_no_colour(caplog: pytest.LogCaptureFixtu
     with caplog.at_level(logging.DEBUG, logger="vidcolor.temporal"):
         out = _run(frames)
     assert np.array_equal(out[10], colors[10])
-    assert all(np.array_equal(a, b) for a, b in zip(out[10:], _run(frames[10:])))
-    assert any(not np.array_equal(o, c) for o, c in zip(out[1:10], colors[1:10]))
+    assert all(np.array_equal(a, b) for a, b in zip(out[10:], _run(frames[10:]), strict=True))
+    assert any(not np.array_equal(o, c) for o, c in zip(out[1:10], colors[1:10], strict=True))
     starts = [r.getMessage() for r in caplog.records if "starts a shot" in r.getMessage()]
     assert len(starts) == 2, starts
 

@@ -20,6 +20,7 @@ import typer
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import __version__
+from .batch import DEFAULT_SEGMENT_FRAMES, JobStatus, ReelQueue, WorkerOptions, WorkerStatus
 from .colorize import ColorizeOptions
 from .encode import CHROMA_CHOICES, CODECS, X26X_PRESETS, EncodeOptions
 from .errors import OptionsError, VidcolorError
@@ -78,6 +79,8 @@ def colorize(
     """Colourise VIDEO with the colours of one reference still.
 
     Example: vidcolor film.mp4 --ref still.jpg   (writes film.color.mp4)
+
+    Many reels, overnight or on several machines: vidcolor queue --help
     """
     debug = debug or os.environ.get("VIDCOLOR_DEBUG", "") not in ("", "0")
     _choice(method, available_models(), "--method")
@@ -143,6 +146,186 @@ def _setup_logging(quiet: bool, debug: bool) -> None:
     logging.getLogger("vidcolor").setLevel(level)
 
 
+queue_app = typer.Typer(
+    add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+    pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]},
+    help="A queue of reels that workers colourise, resumable after a crash: an SQLite file on "
+         "this machine by default, Redis (redis:// or rediss://) for workers on several machines.")
+
+QueueUrl = Annotated[str | None, typer.Option("--queue", envvar="VIDCOLOR_QUEUE", show_envvar=True, show_default=False, help="Queue URL: sqlite:///PATH or a file path (default: vidcolor/queue.sqlite3 in your data folder), or redis://[:PASSWORD@]HOST:PORT/DB (rediss:// for TLS).")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show full tracebacks and debug logs (also VIDCOLOR_DEBUG=1).")]
+
+
+@queue_app.command("add")
+def queue_add(
+    reels: Annotated[list[Path], typer.Argument(help="Black-and-white reels to queue, one job each.", show_default=False)],
+    ref: Annotated[Path, typer.Option("--ref", "-r", help="Colour reference still for all of them.", show_default=False)],
+    out_dir: Annotated[Path | None, typer.Option("--out-dir", help="Folder for the outputs (REEL.color.EXT). Default: beside each reel.", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs that exist (otherwise such a reel is refused).")] = False,
+    method: Annotated[str, typer.Option("--method", "-m", help=f"Colorizer: {', '.join(available_models())}.")] = ColorizeOptions.method,
+    no_temporal: Annotated[bool, typer.Option("--no-temporal", help="Skip the temporal-consistency stage.")] = False,
+    temporal_strength: Annotated[float, typer.Option("--temporal-strength", min=0.0, max=1.0, help="Temporal-consistency strength, 0..1; 0 turns the stage off.")] = TemporalOptions.strength,
+    codec: Annotated[str, typer.Option("--codec", help=f"Video codec: {', '.join(CODECS)}.")] = EncodeOptions.codec,
+    crf: Annotated[int, typer.Option("--crf", min=0, max=51, help="Quality for h264/h265: lower is better.")] = EncodeOptions.crf,
+    preset: Annotated[str, typer.Option("--preset", help="x264/x265 speed preset.")] = EncodeOptions.preset,
+    chroma: Annotated[str, typer.Option("--chroma", help="Chroma subsampling: 420 or 444.")] = EncodeOptions.chroma,
+    bit_depth: Annotated[int | None, typer.Option("--bit-depth", help="8 or 10 bits per sample.", show_default=False)] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda (on the worker).")] = "auto",
+    segment_frames: Annotated[int, typer.Option("--segment-frames", min=2, help="Segment length in frames: a reel is cut at the shot cut nearest this length, each segment is saved when done and segments may run on different workers.")] = DEFAULT_SEGMENT_FRAMES,
+    queue: QueueUrl = None,
+    debug: Debug = False,
+) -> None:
+    """Queue reels. The same reel with the same settings is reported, not queued twice."""
+    debug = _debug_on(debug)
+    for value, choices, flag in ((method, available_models(), "--method"), (codec, CODECS, "--codec"),
+                                 (preset, X26X_PRESETS, "--preset"), (chroma, CHROMA_CHOICES, "--chroma"),
+                                 (device, DEVICE_CHOICES, "--device")):
+        _choice(value, choices, flag)
+    _setup_logging(False, debug)
+    try:
+        opts = PipelineOptions(
+            colorize=ColorizeOptions(method=method),
+            temporal=TemporalOptions(strength=0.0 if no_temporal else temporal_strength),
+            encode=EncodeOptions(codec=codec, crf=crf, preset=preset, chroma=chroma, bit_depth=bit_depth),
+            device=device, overwrite=overwrite)
+    except OptionsError as e:
+        raise typer.BadParameter(str(e)) from e
+    refused = 0
+    with _reported_errors(debug):
+        reel_queue = _open_queue(queue)
+        for reel in reels:
+            out = default_output(reel)
+            out = out_dir / out.name if out_dir is not None else out
+            try:
+                result = reel_queue.add(reel, ref, out, opts, segment_frames=segment_frames)
+            except VidcolorError as e:
+                typer.secho(f"Error: {e}", fg=typer.colors.RED, err=True)
+                refused += 1
+                continue
+            if result.added:
+                typer.echo(f"{result.id}  queued  {reel} -> {result.out}")
+            else:
+                hint = "; vidcolor queue retry runs it again" if result.state in ("failed", "cancelled") else ""
+                typer.echo(f"{result.id}  already {result.state}, not queued again  {reel}{hint}")
+    if refused:
+        raise typer.Exit(EXIT_ERROR)
+
+
+@queue_app.command("worker")
+def queue_worker(
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Segments colourised at once by this process.")] = 1,
+    once: Annotated[bool, typer.Option("--once", help="Exit when nothing is left to do, instead of waiting for more.")] = False,
+    allow_dir: Annotated[list[Path] | None, typer.Option("--allow-dir", help="Take only jobs whose reel, reference and output lie inside this folder (symlinks resolved); repeat for several.", show_default=False)] = None,
+    keep_segments: Annotated[bool, typer.Option("--keep-segments", help="Keep each reel's segment files (in .OUT.vidcolor-work/) after joining.")] = False,
+    queue: QueueUrl = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log only warnings and errors.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Colourise queued reels until stopped. Ctrl-C hands running segments back to the queue."""
+    debug = _debug_on(debug)
+    level = logging.DEBUG if debug else (logging.WARNING if quiet else logging.INFO)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.getLogger("vidcolor").setLevel(level)
+    logging.getLogger("huey").setLevel(logging.DEBUG if debug else logging.WARNING)
+    with _reported_errors(debug):
+        opts = WorkerOptions(concurrency=concurrency, once=once, allow_dirs=tuple(allow_dir or ()),
+                             keep_segments=keep_segments)
+        _open_queue(queue).run_worker(opts)
+
+
+@queue_app.command("status")
+def queue_status(queue: QueueUrl = None, debug: Debug = False) -> None:
+    """Show every job: its state, which worker runs it, progress in frames and ETA."""
+    debug = _debug_on(debug)
+    with _reported_errors(debug):
+        jobs, workers = _open_queue(queue).status()
+    typer.echo(_status_table(jobs, workers))
+
+
+@queue_app.command("retry")
+def queue_retry(
+    job: Annotated[str | None, typer.Argument(help="Job ID (a unique prefix is enough).", show_default=False)] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="Retry every failed job.")] = False,
+    queue: QueueUrl = None,
+    debug: Debug = False,
+) -> None:
+    """Queue a failed or cancelled job again; its finished segments are reused."""
+    if (job is None) == (not failed):
+        raise typer.BadParameter("give one job ID or --failed", param_hint="JOB")
+    debug = _debug_on(debug)
+    with _reported_errors(debug):
+        reel_queue = _open_queue(queue)
+        ids = reel_queue.retry_failed() if failed else [reel_queue.retry(job)]
+    typer.echo("\n".join(f"{i}  queued again" for i in ids) if ids else "No failed jobs.")
+
+
+@queue_app.command("cancel")
+def queue_cancel(
+    job: Annotated[str, typer.Argument(help="Job ID (a unique prefix is enough).", show_default=False)],
+    queue: QueueUrl = None,
+    debug: Debug = False,
+) -> None:
+    """Cancel a job; its running segments stop within a couple of seconds."""
+    debug = _debug_on(debug)
+    with _reported_errors(debug):
+        typer.echo(f"{_open_queue(queue).cancel(job)}  cancelled")
+
+
+def _debug_on(flag: bool) -> bool:
+    return flag or os.environ.get("VIDCOLOR_DEBUG", "") not in ("", "0")
+
+
+def _open_queue(url: str | None) -> ReelQueue:
+    return ReelQueue(url or str(_user_data_dir() / "vidcolor" / "queue.sqlite3"))
+
+
+def _user_data_dir() -> Path:
+    """Where per-user data lives: XDG_DATA_HOME on Linux, the platform's own folder elsewhere."""
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support"
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+
+
+def _status_table(jobs: list[JobStatus], workers: list[WorkerStatus]) -> str:
+    """Jobs as a table, then a summary line of states and workers."""
+    rows = [("JOB", "STATE", "PROGRESS", "ETA", "REEL")]
+    for job in jobs:
+        total = job.frames_total
+        share = f" {100 * job.frames_done // total:3d}%" if total else ""
+        progress = f"{job.frames_done}/{total or '?'} frames{share}"
+        detail = f"{job.reel.name} -> {job.out}"
+        if job.running_on:
+            detail = f"{job.reel.name} on {', '.join(job.running_on)}"
+        if job.error:
+            detail = f"{job.reel.name}: {job.error}"
+        rows.append((job.id, job.state, progress, _clock(job.eta_s), detail))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[4]
+             for row in rows]
+    counts = {state: sum(job.state == state for job in jobs)
+              for state in ("running", "queued", "done", "failed", "cancelled")}
+    summary = ", ".join(f"{n} {state}" for state, n in counts.items() if n) or "no jobs"
+    busy = ", ".join(f"{w.name} ({w.steps}/{w.concurrency} busy, seen {w.seen_s_ago:.0f} s ago)" for w in workers)
+    lines.append(f"{len(jobs)} jobs: {summary}. Workers: {busy or 'none running'}.")
+    return "\n".join(lines if jobs else lines[-1:])
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = round(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 def main() -> None:
-    """Entry point of the `vidcolor` command."""
-    app()
+    """Entry point of the `vidcolor` command; `vidcolor queue ...` goes to the queue commands.
+
+    A film literally named "queue" can still be colourised as ./queue.
+    """
+    if sys.argv[1:2] == ["queue"]:
+        queue_app(args=sys.argv[2:], prog_name="vidcolor queue")
+    else:
+        app()

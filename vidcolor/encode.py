@@ -182,7 +182,7 @@ class VideoWriter:
         fmt = container_format(self.out)
         try:
             self._container = av.open(os.fspath(self._partial), mode="w", format=fmt,
-                                      container_options={"avoid_negative_ts": "disabled"})
+                                      container_options=_container_options(fmt, self.info))
             self._stream = self._add_video_stream()
             if self._audio_from is not None:
                 self._audio = _AudioCopier(self._audio_from, self._container, self.out)
@@ -287,6 +287,147 @@ class VideoWriter:
                 self._container.mux(packet)
         except (av.error.FFmpegError, OSError) as e:
             raise EncodeError(f"Cannot write '{self.out}': {e}") from e
+
+
+def check_audio_fits(src: Path, out: Path) -> None:
+    """Fail now, before any work, if an audio stream of `src` cannot go into OUT's container.
+
+    Raises:
+        EncodeError: naming the codec and the containers that can hold it.
+    """
+    with av.open(io.BytesIO(), mode="w", format=container_format(out)) as trial:
+        _AudioCopier(src, trial, Path(out)).close()
+
+
+def join_segments(segments: list[Path], out: Path, audio_from: Path | None = None) -> int:
+    """Put encoded segment files end to end into OUT, packet for packet, with the input's audio.
+
+    Each segment is a video-only file that VideoWriter wrote with the same EncodeOptions and
+    VideoInfo: it starts with a keyframe and carries its frames' source timestamps, so packets
+    are copied unchanged (nothing is re-encoded) and the result has the timing of a one-pass
+    run. Audio is stream-copied and verified as in VideoWriter; OUT appears only when complete.
+
+    Args:
+        segments: segment files in playing order, all in OUT's container format.
+        out: final output path.
+        audio_from: file whose audio (and subtitle) streams are copied, or None.
+
+    Returns:
+        The number of video packets (frames) written.
+
+    Raises:
+        EncodeError: a segment that does not match the first one or does not start with a
+            keyframe, timestamps that go backwards, a write failure, or an audio mismatch.
+    """
+    out = Path(out)
+    if not segments:
+        raise EncodeError(f"No segments to join into '{out}'")
+    partial = partial_path(out)
+    container, audio = None, None
+    try:
+        container = av.open(os.fspath(partial), mode="w", format=container_format(out),
+                            container_options={"avoid_negative_ts": "disabled"})
+        with av.open(os.fspath(segments[0])) as first:
+            template = first.streams.video[0]
+            stream = container.add_stream_from_template(template)
+            stream.time_base = template.time_base
+            signature = _segment_signature(template)
+        if audio_from is not None:
+            audio = _AudioCopier(Path(audio_from), container, out)
+        container.start_encoding()
+        last_dts = [None]  # the previous packet's dts, carried across segments
+        count = sum(_copy_segment(Path(p), container, stream, audio, signature, last_dts)
+                    for p in segments)
+        if audio is not None:
+            audio.copy_until(float("inf"))
+        container.close()
+        container = None
+        if audio is not None:
+            audio.verify(partial)
+        os.replace(partial, out)
+    except BaseException as e:
+        if audio is not None:
+            audio.close()
+        if container is not None:
+            with contextlib.suppress(av.error.FFmpegError, OSError):
+                container.close()
+        partial.unlink(missing_ok=True)
+        if isinstance(e, (av.error.FFmpegError, OSError)):
+            raise EncodeError(f"Cannot join segments into '{out}': {e}") from e
+        raise
+    logger.info("joined %d segments (%d frames) into %s", len(segments), count, out)
+    return count
+
+
+def _segment_signature(stream) -> tuple:
+    ctx = stream.codec_context
+    return (ctx.name, ctx.width, ctx.height, ctx.format.name if ctx.format else None,
+            bytes(ctx.extradata or b""), stream.time_base)
+
+
+def _copy_segment(path: Path, container, stream, audio: _AudioCopier | None, signature: tuple,
+                  last_dts: list) -> int:
+    """Mux the video packets of one segment file into `container`; returns how many."""
+    with av.open(os.fspath(path)) as segment:
+        if _segment_signature(segment.streams.video[0]) != signature:
+            raise EncodeError(f"Segment '{path}' was encoded differently from the first one; "
+                              "delete the work folder and run the reel again")
+        stamps = [(p.pts, p.dts) for p in segment.demux(segment.streams.video[0]) if p.size]
+    decode_ts = _complete_dts(stamps, path)
+    count = 0
+    with av.open(os.fspath(path)) as segment:
+        for packet in segment.demux(segment.streams.video[0]):
+            if not packet.size:
+                continue
+            if count == 0 and not packet.is_keyframe:
+                raise EncodeError(f"Segment '{path}' does not start with a keyframe")
+            packet.dts = decode_ts[count]
+            if last_dts[0] is not None and packet.dts <= last_dts[0]:
+                raise EncodeError(f"Segment '{path}' overlaps the previous one in time "
+                                  f"(dts {packet.dts} after {last_dts[0]})")
+            last_dts[0] = packet.dts
+            if audio is not None:
+                audio.copy_until(float(packet.dts * packet.time_base) + _AUDIO_LEAD_S)
+            packet.stream = stream
+            container.mux(packet)
+            count += 1
+    return count
+
+
+def _complete_dts(stamps: list[tuple[int | None, int | None]], path: Path) -> list[int]:
+    """Decode timestamps of packets in decode order, given their (pts, dts) as demuxed.
+
+    MP4 and MOV store every dts. Matroska stores only pts, so its demuxer leaves the first
+    packets of a stream with B-frames without one; they are rebuilt the way encoders set
+    them: the pts in presentation order, delayed by the stream's reorder depth.
+    """
+    if all(dts is not None for _, dts in stamps):
+        return [dts for _, dts in stamps]
+    pts = [p for p, _ in stamps]
+    if None in pts:
+        raise EncodeError(f"Segment '{path}' has packets without timestamps; run the reel again")
+    ordered = sorted(pts)
+    step = min((b - a for a, b in zip(ordered, ordered[1:], strict=False) if b > a), default=1)
+    delay = next(d for d in range(len(pts) + 1)
+                 if all(ordered[i - d] <= pts[i] for i in range(d, len(pts))))
+    return [ordered[i - delay] if i >= delay else ordered[0] - (delay - i) * step
+            for i in range(len(pts))]
+
+
+def _container_options(fmt: str, info: VideoInfo) -> dict[str, str]:
+    """Muxer options that keep the input's timestamps exactly.
+
+    MP4/MOV store a late start (a segment's first frame, or B-frame delay) as an edit list in
+    the movie timescale, 1/1000 s by default, which would shift every timestamp by up to half a
+    millisecond; the muxer's own video track timescale makes it exact.
+    """
+    options = {"avoid_negative_ts": "disabled"}
+    if fmt in ("mp4", "mov"):
+        timescale = info.time_base.denominator
+        while timescale < 10000:  # the rule the MOV muxer uses for the video track
+            timescale *= 2
+        options["movie_timescale"] = str(timescale)
+    return options
 
 
 def choose_pix_fmt(opts: EncodeOptions, info: VideoInfo) -> tuple[str, int]:

@@ -27,3 +27,7 @@ class EncodeError(VidcolorError):
 
 class OptionsError(VidcolorError, ValueError):
     """An option has a value outside its allowed range or set."""
+
+
+class QueueError(VidcolorError):
+    """The reel queue is unreachable, or a queue request cannot be met (unknown job, bad URL)."""

@@ -7,21 +7,32 @@ before any work starts, and it owns the progress bar. It prints nothing.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
 from . import io
 from .colorize import ColorizeOptions, Colorizer
-from .encode import EncodeOptions, VideoWriter, check_output_path, container_format, write_still
-from .errors import OptionsError
-from .frames import Frame
+from .encode import (
+    EncodeOptions,
+    VideoWriter,
+    check_audio_fits,
+    check_output_path,
+    container_format,
+    join_segments,
+    write_still,
+)
+from .errors import OptionsError, VideoOpenError
+from .frames import Frame, VideoInfo
 from .temporal import TemporalFilter, TemporalOptions
 from .weights import load_model
 
@@ -30,6 +41,8 @@ logger = logging.getLogger(__name__)
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 TRUNCATED_FRACTION = 0.9  # fewer decoded frames than this share of the header's count: warn
 COLOUR_INPUT_SPREAD = 6.0  # mean |R-G|+|G-B| (0..510) above which an input counts as colour
+SURE_CUT_MARGIN = 0.02  # histogram distance (0..1) beyond the temporal cut threshold: a sure cut
+_CUT_HIST_BINS = 32  # luma histogram bins, as TemporalFilter's cut test uses
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,12 @@ class PipelineOptions:
             raise OptionsError(
                 f"PipelineOptions.device must be one of {DEVICE_CHOICES}, got {self.device!r}"
             )
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PipelineOptions:
+        """Rebuild options from `dataclasses.asdict(opts)`, as the reel queue stores them."""
+        return cls(**{f.name: type(f.default_factory())(**data[f.name])
+                      if f.default_factory is not MISSING else data[f.name] for f in fields(cls)})
 
 
 def colorize_video(src: Path, ref: Path, out: Path, opts: PipelineOptions | None = None, *,
@@ -116,6 +135,166 @@ def _has_colour(rgb: np.ndarray) -> bool:
     small = rgb[::4, ::4].astype(np.int16)
     spread = np.abs(small[..., 0] - small[..., 1]) + np.abs(small[..., 1] - small[..., 2])
     return float(spread.mean()) > COLOUR_INPUT_SPREAD
+
+
+def check_film_request(src: Path, ref: Path, out: Path,
+                       opts: PipelineOptions | None = None) -> VideoInfo:
+    """The checks a film run makes before any work, for runs that start later (the queue).
+
+    Returns:
+        The film's VideoInfo.
+
+    Raises:
+        VideoOpenError: not a film (a still, or not media); ReferenceImageError: the reference
+        cannot be read; EncodeError: the output is taken, unwritable, or cannot hold the audio.
+    """
+    opts = opts or PipelineOptions()
+    src, ref, out = Path(src), Path(ref), Path(out)
+    info = io.probe(src)
+    if info.is_still:
+        raise VideoOpenError(f"'{src}' is a still image, not a film; colourise it directly "
+                             f"with `vidcolor {src.name} --ref STILL`")
+    check_output_path(out, src, opts.overwrite)
+    io.load_still(ref, role="reference")
+    container_format(out)
+    check_audio_fits(src, out)
+    return info
+
+
+def plan_segments(src: Path, ref: Path, out: Path, opts: PipelineOptions | None = None, *,
+                  segment_frames: int = 1440) -> list[tuple[int, int]]:
+    """Check a film request up front and split the film into segments to encode apart.
+
+    A boundary is put at a shot cut where one lies within half a segment of the target length:
+    the temporal stage restarts at such a cut anyway, so segments processed apart give the
+    frames of a one-pass run. A shot longer than that is split every `segment_frames` frames,
+    and the temporal stage restarts there. Decodes the whole film once (no colourising).
+
+    Args:
+        src: greyscale film (not a still).
+        ref: colour reference still.
+        out: the final output path (checked like `colorize_video` does).
+        opts: PipelineOptions; defaults if None.
+        segment_frames: target segment length in frames, >= 2.
+
+    Returns:
+        [(start, stop), ...]: frame indices in decode order, stop exclusive, covering the film.
+
+    Raises:
+        VideoOpenError, ReferenceImageError, EncodeError, OptionsError.
+    """
+    opts = opts or PipelineOptions()
+    src, ref, out = Path(src), Path(ref), Path(out)
+    if segment_frames < 2:
+        raise OptionsError(f"segment_frames must be >= 2, got {segment_frames}")
+    info = check_film_request(src, ref, out, opts)
+    n_frames, cuts = _scan_shots(src, opts.temporal)
+    if info.n_frames and n_frames < TRUNCATED_FRACTION * info.n_frames:
+        logger.warning("'%s' looks truncated: %d of about %d frames could be decoded", src,
+                       n_frames, info.n_frames)
+    return _segment_bounds(n_frames, cuts, segment_frames)
+
+
+def colorize_segment(src: Path, ref: Path, seg_out: Path, start_index: int, stop_index: int,
+                     opts: PipelineOptions | None = None, *, model=None,
+                     on_frame: Callable[[int], None] | None = None) -> int:
+    """Colourise frames [start_index, stop_index) of `src` into the video-only file `seg_out`.
+
+    The segment starts with a keyframe, keeps its frames' source timestamps and has no audio,
+    so that `encode.join_segments` can put segments end to end. The temporal stage starts
+    afresh at `start_index`. Like every output, `seg_out` appears only once complete.
+
+    Args:
+        src: the film; ref: the colour reference still.
+        seg_out: segment file; its extension picks the container (use the final output's).
+        start_index, stop_index: frame indices in decode order, stop exclusive.
+        opts: PipelineOptions; defaults if None.
+        model: an already loaded model (skips loading `opts.colorize.method`).
+        on_frame: called after each frame with the count written so far; an exception it
+            raises stops the segment and nothing is kept.
+
+    Returns:
+        The number of frames written (stop_index - start_index).
+
+    Raises:
+        VideoOpenError: the film no longer has those frames; and as `colorize_video`.
+    """
+    opts = opts or PipelineOptions()
+    src, seg_out = Path(src), Path(seg_out)
+    info = io.probe(src)
+    reference_rgb = io.load_still(ref, role="reference")
+    with ExitStack() as stack:
+        writer = stack.enter_context(VideoWriter(seg_out, info, audio_from=None,
+                                                 opts=opts.encode))
+        colorizer = Colorizer(model or _load(opts), reference_rgb, opts.colorize)
+        decoded = stack.enter_context(contextlib.closing(io.read_frames(src)))
+        wanted = itertools.islice(decoded, start_index, stop_index)
+        for frame in TemporalFilter(opts.temporal).run(colorizer.run(wanted)):
+            writer.write(frame)
+            if on_frame is not None:
+                on_frame(writer.frames_written)
+        if writer.frames_written != stop_index - start_index:
+            raise VideoOpenError(f"'{src}' has changed: frames {start_index}..{stop_index - 1} "
+                                 f"could not all be decoded; plan the film again")
+    return writer.frames_written
+
+
+def join_reel(src: Path, segment_files: list[Path], out: Path,
+              opts: PipelineOptions | None = None) -> Path:
+    """Join the segments `colorize_segment` wrote, in order, into `out` with the film's audio.
+
+    Raises:
+        EncodeError: `out` exists (without `opts.overwrite`), a segment does not fit, a write
+            failure or an audio mismatch.
+    """
+    opts = opts or PipelineOptions()
+    check_output_path(Path(out), Path(src), opts.overwrite)
+    join_segments([Path(p) for p in segment_files], Path(out), audio_from=Path(src))
+    return Path(out)
+
+
+def _scan_shots(src: Path, temporal: TemporalOptions) -> tuple[int, list[int]]:
+    """Count the frames and find those where the temporal stage surely starts a new shot.
+
+    This repeats TemporalFilter's cheap histogram test (not its flow test), with a margin, so
+    a frame listed here is one where a one-pass run resets its history too.
+    """
+    cuts, count, previous = [], 0, None
+    for frame in io.read_frames(src):
+        count += 1
+        if temporal.strength == 0.0:
+            continue  # no temporal stage: every boundary is exact
+        hist = _luma_hist(frame.source, temporal.flow_max_side_px)
+        if previous is not None:
+            same_size = previous.shape == hist.shape
+            if not same_size or 0.5 * np.abs(hist - previous).sum() > (
+                    temporal.cut_hist_distance + SURE_CUT_MARGIN):
+                cuts.append(frame.index)
+        previous = hist
+    return count, cuts
+
+
+def _luma_hist(rgb: np.ndarray, max_side_px: int) -> np.ndarray:
+    """(_CUT_HIST_BINS,) float64 histogram of Lab L of an (H, W, 3) uint8 RGB frame, downscaled."""
+    height, width = rgb.shape[:2]
+    scale = min(1.0, max_side_px / max(height, width))
+    size = (max(8, round(width * scale)), max(8, round(height * scale)))
+    small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA).astype(np.float32) * (1.0 / 255.0)
+    luma = np.ascontiguousarray(cv2.cvtColor(small, cv2.COLOR_RGB2Lab)[..., 0]) * np.float32(0.01)
+    luma_u8 = np.rint(luma * 255.0).astype(np.uint8)
+    hist = np.bincount(luma_u8.ravel() >> 3, minlength=_CUT_HIST_BINS).astype(np.float64)
+    return hist / hist.sum()
+
+
+def _segment_bounds(n_frames: int, cuts: list[int], segment_frames: int) -> list[tuple[int, int]]:
+    """Segment (start, stop) pairs: at the cut nearest the target length, else at the target."""
+    starts = [0]
+    while n_frames - starts[-1] > segment_frames:
+        target = starts[-1] + segment_frames
+        low, high = target - segment_frames // 2, min(target + segment_frames // 2, n_frames - 1)
+        near = [cut for cut in cuts if low <= cut <= high]
+        starts.append(min(near, key=lambda cut: abs(cut - target), default=target))
+    return list(zip(starts, starts[1:] + [n_frames], strict=True))
 
 
 def colorize_image(image: np.ndarray, reference: np.ndarray, *, method: str = "match",

@@ -27,22 +27,22 @@ MB_ABS_TOL = 0.002  # ... and absolute tolerance, squared flow gradient (px/px)^
 KEEP_AB_EPS = 0.25  # Lab ab units: corrections smaller than this keep the input pixel bit for bit
 HIST_BINS = 32  # bins of the luma histogram used by the cut detector
 GAIN_LIMITS = (0.5, 2.0)  # allowed global luma gain between frames (film flicker, fades)
-GATE_MODE = "fixed"
-FLICKER_K = 2.0
-FLICKER_MEMORY = 0.7
 
 
 @dataclass(frozen=True)
 class TemporalOptions:
-    """Knobs of the temporal stage; defaults are tuned on synthetic clips made from photos.
+    """Knobs of the temporal stage; defaults were tuned on synthetic clips made from photos.
 
-    Weights are per pixel of the working grid (the frame scaled so its long side is
-    `flow_max_side_px`), in the same units as the gradient term of the solve.
+    Trade-offs: a higher `strength` (or a lower `anchor_weight`) removes more flicker but lets
+    stale colour linger longer (about strength / anchor_weight frames at most); a lower
+    `change_ab` keeps the current colour of moving and revealed regions more often, at the
+    price of leaving large flicker in place. Weights are per pixel of the working grid (the
+    frame scaled so its long side is `flow_max_side_px`), in units of the gradient term.
     """
 
     strength: float = 0.6  # λ in [0, 1]: pull toward the warped previous output; 0 = stage off
     sigma: float = 0.05  # luma units (L/100, 0..1): warp error that lowers confidence to e^-1/2
-    change_ab: float = 10.0  # Lab ab units: warped-previous vs current colour gap seen as real
+    change_ab: float = 16.0  # Lab ab units: warped-previous vs current colour gap seen as real
     anchor_weight: float = 0.05  # per pixel, >0: pull toward this frame's own colour (bounds lag)
     flow_max_side_px: int = 320  # px: long side of the grid for flow, confidence and the solve
     solver_iterations: int = 4  # preconditioned conjugate-gradient iterations per frame (>= 1)
@@ -79,8 +79,6 @@ class _Previous:
     luma_u8: np.ndarray  # (h, w) uint8, the same for DIS flow
     hist: np.ndarray  # (HIST_BINS,) float64 luma histogram, sums to 1
     out_ab: np.ndarray  # (h, w, 2) float32 Lab a, b of the previous *output*
-    in_ab: np.ndarray  # (h, w, 2) float32 Lab a, b of the previous *input* colour
-    flicker2: float | None = None  # running typical squared ab change of the input, per frame
 
 
 class TemporalFilter:
@@ -163,17 +161,16 @@ class TemporalFilter:
             or prev.frame_shape != frame.source.shape[:2]
             or 0.5 * np.abs(hist - prev.hist).sum() > self.opts.cut_hist_distance
         )
-        solved = None if new_shot else self._correction(prev, luma, luma_u8, ab)
-        self._prev = _Previous(frame.source.shape[:2], luma, luma_u8, hist, ab, ab)
-        if solved is None:
+        correction = None if new_shot else self._correction(prev, luma, luma_u8, ab)
+        self._prev = _Previous(frame.source.shape[:2], luma, luma_u8, hist, ab)
+        if correction is None:
             logger.debug("frame %d starts a shot; temporal history reset", frame.index)
             return frame
-        correction, self._prev.flicker2 = solved
         self._prev.out_ab = ab + correction
         return frame.with_color(_apply_correction(frame.color, lab, correction))
 
     def _correction(self, prev: _Previous, luma: np.ndarray, luma_u8: np.ndarray,
-                    ab: np.ndarray) -> tuple[np.ndarray, float | None] | None:
+                    ab: np.ndarray) -> np.ndarray | None:
         """Solve for D on the working grid; None when the flow says this is a new shot.
 
         Returns:
@@ -189,20 +186,10 @@ class TemporalFilter:
             return None
         target = _remap(prev.out_ab, map_x, map_y) - ab  # (h, w, 2) warp(O_{t-1}) - P_t
         gap2 = cv2.blur(_norm2(target), (3, 3))  # (h, w) squared ab distance
-        flicker2 = prev.flicker2
-        scale2 = opts.change_ab**2
-        if GATE_MODE != "fixed":
-            change2 = cv2.blur(_norm2(_remap(prev.in_ab, map_x, map_y) - ab), (3, 3))
-            sel = confidence > 0.5
-            if sel.sum() > 64:
-                f2 = float(np.median(change2[sel]))
-                flicker2 = f2 if flicker2 is None else FLICKER_MEMORY * flicker2 + (1 - FLICKER_MEMORY) * f2
-            if flicker2 is not None:
-                scale2 += FLICKER_K * flicker2
-            if GATE_MODE == "adaptive_max":
-                gap2 = np.maximum(gap2, change2)
-        weight = opts.strength * confidence * np.exp(-gap2 / (2.0 * scale2))
-        return self._solve(weight.astype(np.float32), target), flicker2
+        # A gap far above flicker size is a real change (a revealed or fast-moving object whose
+        # luma barely differs, flow dragging a neighbour's colour): keep this frame's colour.
+        weight = opts.strength * confidence * np.exp(-gap2 / (2.0 * opts.change_ab**2))
+        return self._solve(weight.astype(np.float32), target)
 
     def _solve(self, weight: np.ndarray, target: np.ndarray) -> np.ndarray:
         """Minimise |grad D|^2 + weight |D - target|^2 + anchor |D|^2 per channel.
@@ -336,8 +323,8 @@ def _laplacian(x: np.ndarray) -> np.ndarray:
 
 def _dct_solve(rhs: np.ndarray, inv_eig: np.ndarray) -> np.ndarray:
     """Solve (Laplacian + constant) x = rhs for (C, h, w) rhs, exactly, in the DCT-II basis."""
-    coef = scipy.fft.dctn(rhs, type=2, axes=(1, 2), norm="ortho", workers=-1)
-    return scipy.fft.idctn(coef * inv_eig, type=2, axes=(1, 2), norm="ortho", workers=-1)
+    coef = scipy.fft.dctn(rhs, type=2, axes=(1, 2), norm="ortho")
+    return scipy.fft.idctn(coef * inv_eig, type=2, axes=(1, 2), norm="ortho")
 
 
 def _apply_correction(color: np.ndarray, lab: np.ndarray, correction: np.ndarray) -> np.ndarray:

@@ -1,0 +1,336 @@
+"""The reel queue, for real: SQLite and Redis backends, worker subprocesses, SIGKILL, resume.
+
+Workers run as `python -m vidcolor queue worker` subprocesses on tiny synthetic reels with a shot
+cut; jobs are added through the Python API (so they can use a small working size) or the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from conftest import moving_bars, write_clip
+from typer.testing import CliRunner
+
+from vidcolor import io
+from vidcolor.batch import ReelQueue, work_dir
+from vidcolor.cli import queue_app
+from vidcolor.colorize import ColorizeOptions
+from vidcolor.encode import EncodeOptions
+from vidcolor.errors import QueueError
+from vidcolor.pipeline import (
+    PipelineOptions,
+    colorize_segment,
+    colorize_video,
+    join_reel,
+    plan_segments,
+)
+
+FAST = PipelineOptions(colorize=ColorizeOptions(work_side_px=64))  # keeps a frame ~30 ms on CPU
+WORKER_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "VIDCOLOR_DEBUG": "0"}  # 2 shared cores
+DONE_LINE = re.compile(r"job (\w+): (seg:\d+) done")
+JOINED_LINE = re.compile(r"job (\w+): done, ")
+runner = CliRunner()
+STARTED: list[subprocess.Popen] = []  # worker processes, killed if a test leaves one behind
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_workers():
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+
+
+def cut_at_12(index: int, width: int, height: int) -> np.ndarray:
+    """Moving bars, then a darker, inverted shot from frame 12 on: a hard cut."""
+    frame = moving_bars(index, width, height)
+    return frame if index < 12 else (255 - frame) // 3
+
+
+@pytest.fixture(scope="module")
+def reel(tmp_path_factory) -> Path:
+    """24 frames with a cut at 12, AAC tone: planned as two segments of 12."""
+    return write_clip(tmp_path_factory.mktemp("reels") / "reel.mp4", frame_of=cut_at_12)
+
+
+def copies(reel: Path, folder: Path, count: int) -> list[Path]:
+    folder.mkdir(exist_ok=True)
+    paths = [folder / f"reel{i:02d}.mp4" for i in range(count)]
+    for path in paths:
+        shutil.copyfile(reel, path)
+    return paths
+
+
+def start_worker(url: str, log: Path, *args: str) -> subprocess.Popen:
+    with log.open("ab") as sink:
+        STARTED.append(subprocess.Popen(
+            [sys.executable, "-m", "vidcolor", "queue", "worker", "--queue", url, *args],
+            stdout=sink, stderr=sink, env=WORKER_ENV))
+    return STARTED[-1]
+
+
+def wait_until(condition, timeout_s: float, what: str, poll_s: float = 0.3):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def jobs_by_reel(queue: ReelQueue) -> dict[str, object]:
+    return {job.reel.name: job for job in queue.status()[0]}
+
+
+def audio_packets(path: Path) -> list[bytes]:
+    with av.open(str(path)) as container:
+        return [bytes(p) for p in container.demux(container.streams.audio[0]) if p.size]
+
+
+def assert_same_film(src: Path, out: Path) -> None:
+    """Same frames at the same timestamps, and the audio packets byte for byte."""
+    assert [f.pts for f in io.read_frames(out)] == [f.pts for f in io.read_frames(src)]
+    assert audio_packets(out) == audio_packets(src)
+
+
+def computed_steps(*logs: Path) -> tuple[Counter, Counter]:
+    """How often each (job, segment) was colourised and each job joined, over worker logs."""
+    text = "".join(log.read_text() for log in logs)
+    return Counter(DONE_LINE.findall(text)), Counter(JOINED_LINE.findall(text))
+
+
+def test_segments_joined_at_a_cut_equal_one_pass(reel, ref_still, tmp_path):
+    """Lossless proof: split at the cut, colourised apart and joined = the one-pass film."""
+    opts = PipelineOptions(colorize=ColorizeOptions(work_side_px=64),
+                           encode=EncodeOptions(codec="ffv1"))
+    one_pass = colorize_video(reel, ref_still, tmp_path / "one.mkv", opts)
+    segments = plan_segments(reel, ref_still, tmp_path / "joined.mkv", opts, segment_frames=12)
+    assert segments == [(0, 12), (12, 24)]  # the boundary sits on the shot cut
+    files = [tmp_path / f"seg{n}.mkv" for n in range(len(segments))]
+    for (start, stop), path in zip(segments, files, strict=True):
+        assert colorize_segment(reel, ref_still, path, start, stop, opts) == stop - start
+    joined = join_reel(reel, files, tmp_path / "joined.mkv", opts)
+    assert_same_film(one_pass, joined)
+    for a, b in zip(io.read_frames(one_pass), io.read_frames(joined), strict=True):
+        assert np.array_equal(a.source, b.source)
+
+
+def test_mp4_segments_keep_exact_timestamps(reel, ref_still, tmp_path):
+    """A segment starting mid-film keeps its source pts in MP4 (no 1/1000 s edit-list rounding)."""
+    segment = tmp_path / "late.mp4"
+    colorize_segment(reel, ref_still, segment, 12, 24, FAST)
+    assert [f.pts for f in io.read_frames(segment)] == [f.pts for f in io.read_frames(reel)][12:]
+
+
+def test_sqlite_two_workers_six_reels_and_a_failing_one(reel, ref_still, tmp_path):
+    url = f"sqlite:///{tmp_path / 'queue.sqlite3'}"
+    queue = ReelQueue(url)
+    reels = copies(reel, tmp_path / "reels", 7)
+    for path in reels:
+        assert queue.add(path, ref_still, path.with_suffix(".color.mp4"), FAST,
+                         segment_frames=12).added
+    doomed = reels[-1].with_suffix(".color.mp4")
+    doomed.write_bytes(b"appeared after queueing")  # the worker must refuse to clobber it
+    logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
+    workers = [start_worker(url, log, "--once") for log in logs]
+    for worker in workers:
+        assert worker.wait(timeout=240) == 0, [log.read_text()[-2000:] for log in logs]
+    jobs = jobs_by_reel(queue)
+    for path in reels[:-1]:
+        assert jobs[path.name].state == "done"
+        assert_same_film(path, path.with_suffix(".color.mp4"))
+        assert not work_dir(path.with_suffix(".color.mp4")).exists()
+    failed = jobs[reels[-1].name]
+    assert failed.state == "failed" and "already exists" in failed.error
+    assert "\n" not in failed.error and doomed.read_bytes() == b"appeared after queueing"
+    segments, joins = computed_steps(*logs)
+    assert set(segments.values()) == {1} and len(segments) == 12  # 6 reels x 2, none twice
+    assert set(joins.values()) == {1} and len(joins) == 6
+    assert all("seg:" in log.read_text() for log in logs), "both workers should have worked"
+
+
+def test_sigkilled_worker_resumes_from_its_last_segment(ref_still, tmp_path):
+    long_reel = write_clip(tmp_path / "long.mp4", n_frames=72)
+    out = tmp_path / "long.color.mp4"
+    url = str(tmp_path / "queue.sqlite3")  # a plain path works as a SQLite URL
+    queue = ReelQueue(url)
+    opts = PipelineOptions(colorize=ColorizeOptions(work_side_px=128))  # slow enough to catch
+    job_id = queue.add(long_reel, ref_still, out, opts, segment_frames=8).id
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    first = start_worker(url, first_log, "--keep-segments")
+    wait_until(lambda: jobs_by_reel(queue)["long.mp4"].segments_done >= 2, 120,
+               "two finished segments")
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    job = jobs_by_reel(queue)["long.mp4"]
+    assert job.state == "queued" and job.segments_done < job.segments_total == 9, job
+    assert not out.exists()  # nothing half-written under the final name
+    finished = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns)
+                for p in work_dir(out).glob("seg-*.mp4")}
+    assert len(finished) >= 2
+    second = start_worker(url, second_log, "--once", "--keep-segments")
+    assert second.wait(timeout=180) == 0, second_log.read_text()[-2000:]
+    assert jobs_by_reel(queue)["long.mp4"].state == "done"
+    assert_same_film(long_reel, out)
+    for name, identity in finished.items():  # not recomputed: same file, untouched
+        path = work_dir(out) / name
+        assert (path.stat().st_ino, path.stat().st_mtime_ns) == identity, name
+    log = second_log.read_text()
+    assert "left by the stopped worker" in log
+    redone = {step for job, step in computed_steps(second_log)[0] if job == job_id}
+    assert not redone & {f"seg:{int(name[4:9])}" for name in finished}
+    assert len(redone) == 9 - len(finished)
+    assert not list(work_dir(out).glob("*.partial"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    """A private redis-server on 127.0.0.1 with a password, for this module."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run does)")
+    port, password = free_port(), "s3cret-pass"
+    server = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--requirepass", password, "--dir", str(tmp_path_factory.mktemp("redis"))],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
+
+    def reachable():
+        try:
+            ReelQueue(url).close()
+        except QueueError:
+            return False
+        return True
+
+    try:
+        wait_until(reachable, 20, "redis-server to start", poll_s=0.1)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_redis_three_workers_split_reel_then_twelve_reels(redis_url, reel, ref_still, tmp_path):
+    queue = ReelQueue(redis_url)
+    logs = [tmp_path / f"w{i}.log" for i in range(3)]
+    workers = [start_worker(redis_url, log) for log in logs]
+    try:
+        wait_until(lambda: len(queue.status()[1]) == 3, 60, "three live workers")
+        long_reel = write_clip(tmp_path / "long.mp4", n_frames=48)
+        long_out = tmp_path / "long.color.mp4"
+        queue.add(long_reel, ref_still, long_out, FAST, segment_frames=8)
+        wait_until(lambda: jobs_by_reel(queue)["long.mp4"].state == "done", 120, "the long reel")
+        assert_same_film(long_reel, long_out)
+        by_worker = Counter()
+        for log in logs:
+            by_worker[log.name] = len(DONE_LINE.findall(log.read_text()))
+        assert sum(by_worker.values()) == 6 and len(+by_worker) >= 2, by_worker
+
+        reels = copies(reel, tmp_path / "reels", 12)
+        for path in reels:
+            queue.add(path, ref_still, path.with_suffix(".color.mp4"), FAST, segment_frames=12)
+        wait_until(lambda: all(jobs_by_reel(queue)[p.name].state == "done" for p in reels), 240,
+                   "twelve reels")
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            worker.wait(timeout=60)
+    for path in reels:
+        assert_same_film(path, path.with_suffix(".color.mp4"))
+    segments, joins = computed_steps(*logs)
+    assert set(segments.values()) == {1} and len(segments) == 6 + 24
+    assert set(joins.values()) == {1} and len(joins) == 13
+    assert not queue.status()[1]  # every worker left and said so
+
+
+def test_unreachable_backend_is_one_line_without_the_password():
+    port = free_port()
+    result = runner.invoke(queue_app, ["status", "--queue",
+                                       f"redis://:hunter2@127.0.0.1:{port}/0"])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in lines[0]
+    assert f"127.0.0.1:{port}" in lines[0] and "hunter2" not in result.output
+
+
+def test_add_dedupes_cancels_and_retries(reel, ref_still, tmp_path):
+    url = str(tmp_path / "queue.sqlite3")
+    args = ["add", str(reel), "--ref", str(ref_still), "--out-dir", str(tmp_path), "--queue", url]
+    first = runner.invoke(queue_app, args)
+    assert first.exit_code == 0 and " queued " in first.output, first.output
+    job_id = first.output.split()[0]
+    again = runner.invoke(queue_app, args)
+    assert again.exit_code == 0 and "already queued, not queued again" in again.output
+    other = runner.invoke(queue_app, [*args, "--no-temporal"])  # other settings: another job
+    assert other.exit_code == 1 and "already the target of job" in other.output
+    assert runner.invoke(queue_app, ["cancel", job_id[:6], "--queue", url]).exit_code == 0
+    status = runner.invoke(queue_app, ["status", "--queue", url])
+    assert f"{job_id}  cancelled" in status.output and "1 jobs: 1 cancelled" in status.output
+    retried = runner.invoke(queue_app, ["retry", job_id, "--queue", url])
+    assert retried.exit_code == 0 and f"{job_id}  queued again" in retried.output
+    assert ReelQueue(url).status()[0][0].state == "queued"
+    unknown = runner.invoke(queue_app, ["cancel", "zzz", "--queue", url])
+    assert unknown.exit_code == 1 and "not in the queue" in unknown.output
+
+
+def test_inputs_that_are_not_regular_files_are_refused(ref_still, tmp_path):
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    url = str(tmp_path / "queue.sqlite3")
+    for source in (fifo, Path("/dev/zero")):
+        result = runner.invoke(queue_app, ["add", str(source), "--ref", str(ref_still),
+                                           "--out-dir", str(tmp_path), "--queue", url])
+        assert result.exit_code == 1 and "is not a regular file" in result.output, result.output
+
+
+def test_worker_refuses_jobs_outside_its_allowed_folders(reel, ref_still, tmp_path):
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    allowed.mkdir()
+    real = copies(reel, outside, 1)[0]
+    (allowed / "link.mp4").symlink_to(real)  # inside by name, outside once resolved
+    shutil.copyfile(ref_still, allowed / "ref.png")
+    url = str(tmp_path / "queue.sqlite3")
+    queue = ReelQueue(url)
+    job = queue.add(allowed / "link.mp4", allowed / "ref.png", allowed / "link.color.mp4", FAST)
+    log = tmp_path / "worker.log"
+    worker = start_worker(url, log, "--once", "--allow-dir", str(allowed))
+    assert worker.wait(timeout=120) == 0, log.read_text()[-2000:]
+    status = jobs_by_reel(queue)["link.mp4"]
+    assert status.id == job.id and status.state == "failed"
+    assert "outside this worker's allowed folders" in status.error
+    assert not (allowed / "link.color.mp4").exists()
+
+
+def test_queue_subcommand_keeps_the_main_form(monkeypatch, capsys):
+    from vidcolor import cli
+
+    monkeypatch.setattr(sys, "argv", ["vidcolor", "queue", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    for command in ("add", "worker", "status", "retry", "cancel"):
+        assert command in help_text
