@@ -16,7 +16,6 @@ from dataclasses import MISSING, dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -33,7 +32,7 @@ from .encode import (
 )
 from .errors import OptionsError, VideoOpenError
 from .frames import Frame, VideoInfo
-from .temporal import TemporalFilter, TemporalOptions
+from .temporal import TemporalFilter, TemporalOptions, histogram_distance, shot_luma_histogram
 from .weights import load_model
 
 logger = logging.getLogger(__name__)
@@ -42,7 +41,6 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 TRUNCATED_FRACTION = 0.9  # fewer decoded frames than this share of the header's count: warn
 COLOUR_INPUT_SPREAD = 6.0  # mean |R-G|+|G-B| (0..510) above which an input counts as colour
 SURE_CUT_MARGIN = 0.02  # histogram distance (0..1) beyond the temporal cut threshold: a sure cut
-_CUT_HIST_BINS = 32  # luma histogram bins, as TemporalFilter's cut test uses
 
 
 @dataclass(frozen=True)
@@ -256,7 +254,7 @@ def join_reel(src: Path, segment_files: list[Path], out: Path,
 def _scan_shots(src: Path, temporal: TemporalOptions) -> tuple[int, list[int]]:
     """Count the frames and find those where the temporal stage surely starts a new shot.
 
-    This repeats TemporalFilter's cheap histogram test (not its flow test), with a margin, so
+    This applies TemporalFilter's own histogram test (not its flow test), with a margin, so
     a frame listed here is one where a one-pass run resets its history too.
     """
     cuts, count, previous = [], 0, None
@@ -264,26 +262,13 @@ def _scan_shots(src: Path, temporal: TemporalOptions) -> tuple[int, list[int]]:
         count += 1
         if temporal.strength == 0.0:
             continue  # no temporal stage: every boundary is exact
-        hist = _luma_hist(frame.source, temporal.flow_max_side_px)
-        if previous is not None:
-            same_size = previous.shape == hist.shape
-            if not same_size or 0.5 * np.abs(hist - previous).sum() > (
-                    temporal.cut_hist_distance + SURE_CUT_MARGIN):
-                cuts.append(frame.index)
-        previous = hist
+        hist = shot_luma_histogram(frame.source, temporal.flow_max_side_px)
+        shape = frame.source.shape
+        if previous is not None and (previous[0] != shape or histogram_distance(
+                hist, previous[1]) > temporal.cut_hist_distance + SURE_CUT_MARGIN):
+            cuts.append(frame.index)
+        previous = (shape, hist)
     return count, cuts
-
-
-def _luma_hist(rgb: np.ndarray, max_side_px: int) -> np.ndarray:
-    """(_CUT_HIST_BINS,) float64 histogram of Lab L of an (H, W, 3) uint8 RGB frame, downscaled."""
-    height, width = rgb.shape[:2]
-    scale = min(1.0, max_side_px / max(height, width))
-    size = (max(8, round(width * scale)), max(8, round(height * scale)))
-    small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA).astype(np.float32) * (1.0 / 255.0)
-    luma = np.ascontiguousarray(cv2.cvtColor(small, cv2.COLOR_RGB2Lab)[..., 0]) * np.float32(0.01)
-    luma_u8 = np.rint(luma * 255.0).astype(np.uint8)
-    hist = np.bincount(luma_u8.ravel() >> 3, minlength=_CUT_HIST_BINS).astype(np.float64)
-    return hist / hist.sum()
 
 
 def _segment_bounds(n_frames: int, cuts: list[int], segment_frames: int) -> list[tuple[int, int]]:

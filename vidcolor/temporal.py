@@ -159,7 +159,7 @@ class TemporalFilter:
         new_shot = (
             prev is None
             or prev.frame_shape != frame.source.shape[:2]
-            or 0.5 * np.abs(hist - prev.hist).sum() > self.opts.cut_hist_distance
+            or histogram_distance(hist, prev.hist) > self.opts.cut_hist_distance
         )
         correction = None if new_shot else self._correction(prev, luma, luma_u8, ab)
         self._prev = _Previous(frame.source.shape[:2], luma, luma_u8, hist, ab)
@@ -228,6 +228,25 @@ class TemporalFilter:
             kx = 2.0 - 2.0 * np.cos(np.pi * np.arange(shape[1]) / shape[1])
             self._eig = (shape, (ky[:, None] + kx[None, :]).astype(np.float32))
         return self._eig[1]
+
+
+def shot_luma_histogram(source: np.ndarray, max_side_px: int) -> np.ndarray:
+    """The luma histogram TemporalFilter compares for its cut test (shared with segment planning).
+
+    Args:
+        source: (H, W, 3) uint8 RGB frame as decoded.
+        max_side_px: long side of the working grid (TemporalOptions.flow_max_side_px).
+
+    Returns:
+        (HIST_BINS,) float64, sums to 1.
+    """
+    luma = _work_luma(source, _work_size(source.shape[:2], max_side_px))
+    return _luma_hist(np.rint(luma * 255.0).astype(np.uint8))
+
+
+def histogram_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Total-variation distance (0..1) of two normalised histograms: a cut above threshold."""
+    return 0.5 * float(np.abs(a - b).sum())
 
 
 def _work_size(shape: tuple[int, int], max_side_px: int) -> tuple[int, int]:
