@@ -8,6 +8,8 @@ Subcommands (one function each):
                "grey" (a = b = 0) and "reinhard" (Reinhard et al. 2001 global Lab mean/std
                transfer; the target's ab is zero with zero spread, so ab becomes the
                reference's mean ab).
+  videos DIR   Temporal consistency on every colour clip CLIP.mp4 in DIR that has its first
+               frame CLIP_frame0.png beside it (see "Videos" below).
 
 Reference distortion, drawn per photo from numpy's default_rng([seed, crc32(file name)]) so a
 photo gets the same reference whatever --limit is, in this order:
@@ -23,7 +25,41 @@ Metrics, on RGB against the original photo (both (H, W, 3) uint8, cast to float6
          gaussian_weights=True, sigma=1.5, use_sample_covariance=False) (Wang et al. 2004);
   each is averaged over photos (mean of per-photo values).
 
+Videos, per clip:
+  1. Grey copy: the clip's own luma plane (Y, bit for bit) with neutral chroma, lossless H.264
+     (CRF 0) in the same container, every audio stream copied packet for packet, written to a
+     temporary folder; it is deleted at the end.
+  2. Per-frame colours, computed ONCE: `Colorizer.run` over `vidcolor.io.read_frames` of the
+     grey copy, CLIP_frame0.png as the reference (the pipeline's own decode/colourise path).
+  3. For each strength λ (always 0 and the default `TemporalOptions().strength`, plus
+     --strengths): a fresh `TemporalFilter(TemporalOptions(strength=λ))` steps over those
+     cached frames. λ = 0 returns the per-frame colours unchanged (= `--no-temporal`).
+  4. Each result, the in-memory (H, W, 3) uint8 RGB frames (not re-encoded), is scored against
+     the colour original decoded with `vidcolor.io.read_frames`, by
+     `video_metrics.clip_metrics` (scripts/video_metrics.py; its docstring defines every
+     number exactly): PSNR (dB, RGB in [0, 1], mean over frames), SSIM (RGB, 11x11 Gaussian
+     window, sigma 1.5, mean over frames), E_warp (Lai et al. 2018: DIS flow on the original
+     frames, Ruder et al. forward-backward and motion-boundary occlusion mask, mean squared
+     difference between O_t and warped O_t+1) in RGB [0, 1] and in Lab a, b / 100 ("chroma"),
+     and CDC (Jensen-Shannon divergence, log base 2, of 256-bin RGB histograms of frames t and
+     t + d, d in {1, 2, 4}, averaged); all in float64.
+  fps = frames / seconds of decoding the grey copy and colourising it plus the temporal stage
+  at that λ; model loading, the grey copy, encoding and metrics are not counted. "ms/f" is the
+  temporal stage alone, per frame. The machine may be shared: timings are indicative.
+  Means are unweighted means of the per-clip values (fps: all frames / all those seconds);
+  a change in % is 100 * (mean at λ - mean at 0) / mean at 0.
+  --end-to-end also runs the real `vidcolor.colorize_video` on the grey copy, with default
+  PipelineOptions (H.264 CRF 18, 4:2:0) at λ = 0 (= `--no-temporal`) and at the default λ,
+  scores each decoded output the same way ("e2e" rows; fps = frames / wall time of the call,
+  decode to encode, model already loaded), and gives the mean PSNR between it and the cached
+  frames at the same λ. The two differ only in the encoder: lossy H.264, 4:2:0 chroma, and the
+  input's own Y' plane written in place of the colour frame's Y' (for saturated colours Y'
+  is not CIE L, so this moves lightness and chroma slightly). That agreement is the check that
+  the cached path is the pipeline's; the e2e rows are what a user of the CLI gets.
+
 Usage: python scripts/evaluate.py images ../shared/data/eval/images [--limit N] [--side PX]
+       python scripts/evaluate.py videos ../shared/data/eval/videos [--strengths 0,0.3,0.6,0.8,1.0]
+                                  [--end-to-end] [--verbose]
 """
 
 from __future__ import annotations
@@ -31,18 +67,27 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
+import tempfile
 import time
 import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
+import video_metrics
 from PIL import Image, ImageOps
 from skimage.metrics import structural_similarity
 
 from vidcolor import frames
 from vidcolor.colorize import ColorizeOptions, Colorizer
+from vidcolor.encode import EncodeOptions, VideoWriter
+from vidcolor.errors import VidcolorError
+from vidcolor.frames import Frame
+from vidcolor.io import load_still, probe, read_frames
+from vidcolor.pipeline import PipelineOptions, colorize_video
+from vidcolor.temporal import TemporalFilter, TemporalOptions
 from vidcolor.weights import available_models, load_model
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -51,6 +96,11 @@ TPS_GRID = 4  # control points per side
 TPS_SHIFT = 0.04  # max control-point shift, fraction of the shorter side
 ROTATION_DEG = 10.0  # max absolute rotation, degrees
 CROP_MIN = 0.75  # smallest kept fraction of each side
+REFERENCE_SUFFIX = "_frame0.png"  # CLIP.mp4's first frame, in colour: CLIP_frame0.png
+GREY_COPY_ENCODING = EncodeOptions(crf=0, preset="ultrafast")  # lossless H.264: Y kept exactly
+VIDEO_HEADER = (  # columns of the videos table
+    f"{'clip':30s} {'path':>6s} {'λ':>5s} {'PSNR dB':>8s} {'SSIM':>7s} {'Ewarp RGB':>10s} "
+    f"{'Ewarp ab':>10s} {'CDC':>10s} {'fps':>6s} {'ms/f':>6s}")
 
 
 def load_rgb(path: Path) -> np.ndarray:
@@ -147,26 +197,257 @@ def cmd_images(args: argparse.Namespace) -> int:
         opts = dataclasses.replace(opts, feature_stride_px=args.stride)
     model = load_model(args.method, device=args.device)
     scores: dict[str, list[tuple[float, float]]] = {"grey": [], "reinhard": [], "vidcolor": []}
+    skipped = 0
     started = time.perf_counter()
     for path in paths:
-        truth = load_rgb(path)
-        rng = np.random.default_rng([args.seed, zlib.crc32(path.name.encode())])
-        reference = augment_reference(truth, rng)
+        try:
+            truth = load_rgb(path)
+            rng = np.random.default_rng([args.seed, zlib.crc32(path.name.encode())])
+            reference = augment_reference(truth, rng)
+            colorized = Colorizer(model, reference, opts).colorize_rgb([truth])[0]
+        except (OSError, VidcolorError) as e:  # unreadable, or grey: nothing to measure
+            print(f"skipped {path.name}: {e}", file=sys.stderr)
+            skipped += 1
+            continue
         outputs = {
             "grey": grey_baseline(truth),
             "reinhard": reinhard_baseline(truth, reference),
-            "vidcolor": Colorizer(model, reference, opts).colorize_rgb([truth])[0],
+            "vidcolor": colorized,
         }
         for name, output in outputs.items():
             scores[name].append((psnr(output, truth), ssim(output, truth)))
         if args.verbose:
             print(f"{path.name:48s} " + " ".join(f"{scores[n][-1][0]:6.2f}" for n in scores))
+    if not scores["vidcolor"]:
+        print(f"evaluate.py images: no usable colour photo in '{args.dir}'", file=sys.stderr)
+        return 1
     elapsed = time.perf_counter() - started
-    print(f"{len(paths)} photos from {args.dir}, seed {args.seed}, {opts}, {elapsed:.0f} s")
+    n_used = len(scores["vidcolor"])
+    print(f"{n_used} photos from {args.dir} ({skipped} skipped), seed {args.seed}, {elapsed:.0f} s")
+    print(f"{opts}")
     print(f"{'method':10s} {'PSNR dB':>8s} {'SSIM':>7s}")
     for name, values in scores.items():
         mean_psnr, mean_ssim = np.mean(values, axis=0)
         print(f"{name:10s} {mean_psnr:8.2f} {mean_ssim:7.4f}")
+    return 0
+
+
+def parse_strengths(text: str) -> list[float]:
+    """'0,0.3,1' -> [0.0, 0.3, 1.0], each a valid TemporalOptions.strength (argparse type)."""
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+        for value in values:
+            TemporalOptions(strength=value)
+    except ValueError as e:  # OptionsError is a ValueError too
+        raise argparse.ArgumentTypeError(f"want comma-separated numbers in [0, 1]: {e}") from e
+    return values
+
+
+def find_clips(folder: Path) -> list[tuple[Path, Path]]:
+    """(CLIP.mp4, CLIP_frame0.png) pairs in `folder`, sorted by name.
+
+    Raises:
+        FileNotFoundError: a clip has no first-frame still beside it.
+    """
+    pairs = []
+    for clip in sorted(folder.glob("*.mp4")):
+        reference = clip.with_name(clip.stem + REFERENCE_SUFFIX)
+        if not reference.is_file():
+            raise FileNotFoundError(f"'{clip}' has no '{reference.name}' beside it; "
+                                    f"put its first frame there as a colour png")
+        pairs.append((clip, reference))
+    return pairs
+
+
+def write_grey_copy(clip: Path, out: Path) -> Path:
+    """Write the luminance-only copy of a colour clip (module docstring, Videos 1).
+
+    The encoder keeps each frame's own decoded luma plane, so the R = G = B colour handed to
+    it only sets neutral chroma.
+    """
+    with VideoWriter(out, probe(clip), audio_from=clip, opts=GREY_COPY_ENCODING) as writer:
+        for frame in read_frames(clip):
+            grey = cv2.cvtColor(frame.source, cv2.COLOR_RGB2GRAY)
+            writer.write(frame.with_color(cv2.merge([grey, grey, grey])))
+    return out
+
+
+def colorize_per_frame(grey: Path, reference: Path, model,
+                       opts: ColorizeOptions) -> tuple[list[Frame], float]:
+    """Decode and colourise the grey copy once, in memory, as the pipeline does.
+
+    Returns:
+        The Frames with `color` set ((H, W, 3) uint8 RGB) and the seconds it took (the
+        reference is encoded before the clock starts).
+    """
+    colorizer = Colorizer(model, load_still(reference, role="reference"), opts)
+    started = time.perf_counter()
+    cached = list(colorizer.run(read_frames(grey)))
+    return cached, time.perf_counter() - started
+
+
+def smooth(cached: list[Frame], strength: float) -> tuple[list[np.ndarray], float]:
+    """A fresh temporal stage at `strength` over cached per-frame results.
+
+    Returns:
+        The (H, W, 3) uint8 RGB output colours and the seconds the stage took.
+    """
+    smoother = TemporalFilter(TemporalOptions(strength=strength))
+    started = time.perf_counter()
+    colors = [smoother.step(frame).color for frame in cached]
+    return colors, time.perf_counter() - started
+
+
+def score_clip(clip: Path, colors: list[np.ndarray]) -> dict:
+    """`video_metrics.clip_metrics` of (H, W, 3) uint8 RGB frames against the colour `clip`."""
+    return video_metrics.clip_metrics((frame.source for frame in read_frames(clip)), colors)
+
+
+def run_end_to_end(grey: Path, reference: Path, clip: Path, out: Path, model,
+                   opts: ColorizeOptions, strength: float, expected: list[np.ndarray]) -> dict:
+    """Score `colorize_video` on the grey copy: default PipelineOptions but λ = `strength`.
+
+    Args:
+        expected: the cached path's (H, W, 3) uint8 RGB frames at the same strength.
+
+    Returns:
+        `clip_metrics` of the decoded output, its fps, and "agree_db": the mean per-frame
+        PSNR between the decoded output and `expected`.
+    """
+    pipeline_opts = PipelineOptions(colorize=opts, temporal=TemporalOptions(strength=strength))
+    started = time.perf_counter()
+    colorize_video(grey, reference, out, pipeline_opts, model=model)
+    seconds = time.perf_counter() - started
+    decoded = [frame.source for frame in read_frames(out)]
+    agree = [video_metrics.psnr(a, b) for a, b in zip(decoded, expected, strict=True)]
+    return {**score_clip(clip, decoded), "fps": len(decoded) / seconds,
+            "ms_per_frame": float("nan"), "agree_db": float(np.mean(agree))}
+
+
+def evaluate_clip(clip: Path, reference: Path, workdir: Path, model, opts: ColorizeOptions,
+                  strengths: list[float], end_to_end: bool) -> tuple[dict[float, dict],
+                                                                       dict[float, dict]]:
+    """Scores of one clip at each strength, and of the end-to-end runs if asked for.
+
+    Returns:
+        ({λ: clip_metrics + "fps" + "ms_per_frame"} of the cached path,
+         {λ: `run_end_to_end` scores} for λ = 0 and the default, or {}).
+    """
+    grey = write_grey_copy(clip, workdir / f"{clip.stem}_grey{clip.suffix}")
+    cached, colorize_s = colorize_per_frame(grey, reference, model, opts)
+    by_strength, expected = {}, {}
+    for strength in strengths:
+        colors, temporal_s = smooth(cached, strength)
+        by_strength[strength] = {**score_clip(clip, colors),
+                                 "fps": len(colors) / (colorize_s + temporal_s),
+                                 "ms_per_frame": 1000.0 * temporal_s / len(colors)}
+        if end_to_end and strength in (0.0, TemporalOptions().strength):
+            expected[strength] = colors
+    del cached
+    e2e = {}
+    for strength, colors in expected.items():
+        out = workdir / f"{clip.stem}_color{strength}{clip.suffix}"
+        e2e[strength] = run_end_to_end(grey, reference, clip, out, model, opts, strength, colors)
+        out.unlink()
+    return by_strength, e2e
+
+
+def format_row(name: str, path: str, strength: float, scores: dict) -> str:
+    """One line of the videos table (columns as VIDEO_HEADER)."""
+    return (f"{name:30s} {path:>6s} {strength:5.2f} {scores['psnr']:8.3f} {scores['ssim']:7.4f} "
+            f"{scores['ewarp_rgb']:10.3e} {scores['ewarp_ab']:10.3e} {scores['cdc']:10.3e} "
+            f"{scores['fps']:6.1f} {scores['ms_per_frame']:6.1f}")
+
+
+def mean_scores(per_clip: list[dict]) -> dict:
+    """Unweighted mean over clips of each metric; fps and ms/f over all frames together."""
+    mean = {key: float(np.mean([s[key] for s in per_clip]))
+            for key in ("psnr", "ssim", "ewarp_rgb", "ewarp_ab", "cdc")}
+    total = sum(s["frames"] for s in per_clip)
+    mean["frames"] = total
+    mean["fps"] = total / sum(s["frames"] / s["fps"] for s in per_clip)
+    mean["ms_per_frame"] = sum(s["ms_per_frame"] * s["frames"] for s in per_clip) / total
+    return mean
+
+
+def describe_change(base: dict, other: dict) -> str:
+    """How the mean metrics move from `base` to `other` (E_warp and CDC in % of base)."""
+    def pct(key: str) -> float:
+        return 100.0 * (other[key] - base[key]) / base[key]
+
+    return (f"chroma E_warp {pct('ewarp_ab'):+.1f} %, RGB E_warp {pct('ewarp_rgb'):+.1f} %, "
+            f"CDC {pct('cdc'):+.1f} %, PSNR {other['psnr'] - base['psnr']:+.3f} dB, "
+            f"SSIM {other['ssim'] - base['ssim']:+.4f}")
+
+
+def print_video_summary(results: dict[float, list[dict]], e2e: dict[float, list[dict]]) -> None:
+    """Mean rows, temporal vs per-frame, the λ curve and the end-to-end check."""
+    default = TemporalOptions().strength
+    means = {strength: mean_scores(scores) for strength, scores in results.items()}
+    n_clips = len(results[0.0])
+    print(f"\nmean over {n_clips} clips ({means[0.0]['frames']} frames)")
+    for strength in (0.0, default):
+        print(format_row("mean", "cached", strength, means[strength]))
+    e2e_means = {strength: mean_scores(scores) for strength, scores in e2e.items()}
+    for strength, mean in e2e_means.items():
+        print(format_row("mean", "e2e", strength, mean))
+    print(f"temporal (λ={default:.2f}) vs per-frame (λ=0), cached: "
+          f"{describe_change(means[0.0], means[default])}")
+    if e2e_means:
+        print(f"temporal (λ={default:.2f}) vs per-frame (λ=0), end to end: "
+              f"{describe_change(e2e_means[0.0], e2e_means[default])}")
+        for strength, mean in e2e_means.items():
+            agree = np.mean([s["agree_db"] for s in e2e[strength]])
+            print(f"end to end vs cached at λ={strength:.2f}: "
+                  f"{describe_change(means[strength], mean)}; frames agree to {agree:.2f} dB")
+    if len(means) > 2:
+        print(f"\nλ curve (cached, mean over {n_clips} clips; change vs λ=0)")
+        print(VIDEO_HEADER)
+        for strength, mean in means.items():
+            print(format_row("mean", "cached", strength, mean))
+        for strength, mean in means.items():
+            if strength:
+                print(f"λ={strength:.2f}: {describe_change(means[0.0], mean)}")
+
+
+def cmd_videos(args: argparse.Namespace) -> int:
+    """`videos DIR`: per-frame vs temporal colourisation of grey copies of colour clips."""
+    if not args.dir.is_dir():
+        print(f"evaluate.py videos: '{args.dir}' is not a directory", file=sys.stderr)
+        return 1
+    try:
+        clips = find_clips(args.dir)
+    except FileNotFoundError as e:
+        print(f"evaluate.py videos: {e}", file=sys.stderr)
+        return 1
+    if not clips:
+        print(f"evaluate.py videos: no CLIP.mp4 with CLIP{REFERENCE_SUFFIX} beside it in "
+              f"'{args.dir}'", file=sys.stderr)
+        return 1
+    default = TemporalOptions().strength
+    strengths = sorted({0.0, default, *args.strengths})
+    opts = ColorizeOptions(method=args.method)
+    model = load_model(args.method, device=args.device)
+    print(f"{len(clips)} clips from {args.dir}, λ in {strengths} (default {default}), {opts}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print(VIDEO_HEADER, flush=True)
+    results: dict[float, list[dict]] = {strength: [] for strength in strengths}
+    e2e: dict[float, list[dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="vidcolor-eval-") as workdir:
+        for clip, reference in clips:
+            by_strength, clip_e2e = evaluate_clip(clip, reference, Path(workdir), model, opts,
+                                                  strengths, args.end_to_end)
+            for strength, scores in by_strength.items():
+                results[strength].append(scores)
+                if args.verbose or strength in (0.0, default):
+                    print(format_row(clip.stem, "cached", strength, scores))
+            for strength, scores in clip_e2e.items():
+                e2e.setdefault(strength, []).append(scores)
+                print(format_row(clip.stem, "e2e", strength, scores) +
+                      f"  agrees with cached to {scores['agree_db']:.2f} dB")
+            sys.stdout.flush()
+    print_video_summary(results, e2e)
+    print(f"load average at the end {os.getloadavg()[0]:.1f} (fps are indicative)")
     return 0
 
 
@@ -184,9 +465,24 @@ def main(argv: list[str] | None = None) -> int:
     images.add_argument("--device", default=None, help="cpu, cuda; default: auto")
     images.add_argument("--verbose", "-v", action="store_true", help="one line per photo")
     images.set_defaults(func=cmd_images)
+    videos = sub.add_parser("videos", help="temporal consistency on a folder of colour clips")
+    videos.add_argument("dir", type=Path, help="folder of CLIP.mp4, each with CLIP_frame0.png")
+    videos.add_argument("--strengths", type=parse_strengths, default=[],
+                        help="λ values for the trade-off curve, e.g. 0,0.3,0.6,0.8,1.0 "
+                             "(0 and the default are always run)")
+    videos.add_argument("--end-to-end", action="store_true",
+                        help="also run colorize_video (default settings, λ 0 and default)")
+    videos.add_argument("--method", default="match", choices=available_models())
+    videos.add_argument("--device", default=None, help="cpu, cuda; default: auto")
+    videos.add_argument("--verbose", "-v", action="store_true", help="per-clip rows at every λ")
+    videos.set_defaults(func=cmd_videos)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except VidcolorError as e:  # bad options, missing weights: one line, no traceback
+        print(f"evaluate.py {args.command}: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

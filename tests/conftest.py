@@ -146,7 +146,14 @@ def shared_data() -> Path:
 
 @pytest.fixture(autouse=True)
 def _no_unexpected_errors(caplog):
-    """Fail a test that logs at ERROR without clearing caplog (a hidden failure)."""
+    """Fail a test that logs at ERROR without clearing caplog (a hidden failure).
+
+    The CLI sets the "vidcolor" logger's level for its run (`-q` = ERROR); restoring it keeps
+    later tests' caplog seeing the warnings they check, whatever the test order.
+    """
+    package_logger = logging.getLogger("vidcolor")
+    level = package_logger.level
     yield
+    package_logger.setLevel(level)
     errors = [r for r in caplog.get_records("call") if r.levelno >= logging.ERROR]
     assert not errors, f"unexpected ERROR log records: {[r.getMessage() for r in errors]}"

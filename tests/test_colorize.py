@@ -1,0 +1,202 @@
+"""colorize.py: options, reference checks, shapes, kept lightness, colourfulness, self-reference
+accuracy on synthetic and real photos, and the Frame stage contract (order, one out per in)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import cv2
+import numpy as np
+import pytest
+from conftest import colorful_still
+from PIL import Image
+
+from vidcolor import frames
+from vidcolor.colorize import (
+    MIN_REFERENCE_SIDE_PX,
+    ColorizeOptions,
+    Colorizer,
+    _guided_coefficients,
+    _max_chroma_table,
+)
+from vidcolor.errors import OptionsError, ReferenceImageError
+from vidcolor.frames import Frame
+from vidcolor.weights import load_model
+
+FAST = ColorizeOptions(work_side_px=128)  # for tests of shapes and contracts, not accuracy
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("match", device="cpu")
+
+
+def synthetic_photo(height: int = 96, width: int = 128, seed: int = 0) -> np.ndarray:
+    """(H, W, 3) uint8 RGB: four textured regions, each with its own colour and lightness."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    lab = np.zeros((height, width, 3), np.float32)
+    regions = [
+        (y < height // 2) & (x < width // 2),
+        (y < height // 2) & (x >= width // 2),
+        (y >= height // 2) & (x < width // 2),
+        (y >= height // 2) & (x >= width // 2),
+    ]
+    looks = [(70, 50, 40), (55, -40, 30), (40, 10, -50), (80, -5, 60)]  # L, a, b
+    for i, (region, (lightness, a, b)) in enumerate(zip(regions, looks, strict=True)):
+        texture = 8 * np.sin(x / (2 + i) + y / (3 + i)) + rng.normal(0, 1.5, x.shape)
+        lab[region, 0] = (lightness + texture)[region]
+        lab[region, 1:] = (a, b)
+    return frames.lab_to_rgb(lab)
+
+
+def chroma(rgb: np.ndarray) -> float:
+    lab = frames.rgb_to_lab(rgb)
+    return float(np.hypot(lab[..., 1], lab[..., 2]).mean())
+
+
+def psnr(output: np.ndarray, truth: np.ndarray) -> float:
+    mse = np.mean((output.astype(np.float64) - truth.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0**2 / mse))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"method": "nope"},
+        {"work_side_px": 8},
+        {"feature_stride_px": 3},
+        {"batch_size": 0},
+        {"guide_radius_px": -1},
+        {"guide_eps": 0.0},
+    ],
+)
+def test_options_reject_bad_values(bad):
+    with pytest.raises(OptionsError, match=next(iter(bad))):
+        ColorizeOptions(**bad)
+
+
+def test_grey_reference_is_refused(model):
+    grey = np.repeat(colorful_still()[..., :1], 3, axis=2)
+    with pytest.raises(ReferenceImageError, match="grey"):
+        Colorizer(model, grey)
+
+
+def test_tiny_reference_is_refused(model):
+    small = colorful_still(MIN_REFERENCE_SIDE_PX + 10, MIN_REFERENCE_SIDE_PX - 1)
+    with pytest.raises(ReferenceImageError, match=f"at least {MIN_REFERENCE_SIDE_PX} px"):
+        Colorizer(model, small)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((64, 64), np.uint8), np.zeros((64, 64, 3), np.float32)])
+def test_malformed_reference_is_refused(model, bad):
+    with pytest.raises(ReferenceImageError, match="uint8"):
+        Colorizer(model, bad)
+
+
+def test_outputs_keep_size_order_and_lightness(model):
+    colorizer = Colorizer(model, colorful_still(), dataclasses.replace(FAST, batch_size=2))
+    images = [synthetic_photo(96, 128), synthetic_photo(37, 53, 1), synthetic_photo(96, 128, 2)]
+    images.append(np.ascontiguousarray(images[0][:, ::-1]))
+    outputs = colorizer.colorize_rgb(images)
+    assert [o.shape for o in outputs] == [i.shape for i in images]
+    assert all(o.dtype == np.uint8 for o in outputs)
+    for image, output in zip(images, outputs, strict=True):
+        error = np.abs(frames.rgb_to_luma(output) - frames.rgb_to_luma(image)) * 100  # L units
+        assert error.mean() < 0.3 and error.max() < 1.0  # uint8 rounding; no gamut clipping
+    assert colorizer.colorize_rgb([]) == []
+
+
+def test_colourful_reference_gives_colourful_output(model):
+    grey_input = np.repeat(synthetic_photo()[..., 1:2], 3, axis=2)
+    output = Colorizer(model, colorful_still(), FAST).colorize_rgb([grey_input])[0]
+    assert chroma(grey_input) < 1.0
+    assert chroma(output) > 10.0
+
+
+def test_colour_input_is_reduced_to_its_luminance(model):
+    """Two inputs of (nearly) the same L and different chroma get (nearly) the same colours."""
+    photo = synthetic_photo()
+    lab = frames.rgb_to_lab(photo)
+    lab[..., 1:] *= 0.5
+    paler = frames.lab_to_rgb(lab)
+    assert np.abs(frames.rgb_to_luma(paler) - frames.rgb_to_luma(photo)).max() < 0.005
+    first, second = Colorizer(model, colorful_still(), FAST).colorize_rgb([photo, paler])
+    assert np.abs(first.astype(int) - second.astype(int)).mean() < 1.5
+    assert np.abs(first.astype(int) - photo.astype(int)).mean() > 10  # colours are not kept
+
+
+def test_synthetic_self_reference_is_accurate(model):
+    photo = synthetic_photo(128, 160)
+    grey_psnr = psnr(frames.replace_ab(photo, np.zeros((128, 160, 2), np.float32)), photo)
+    output = Colorizer(model, photo).colorize_rgb([photo])[0]
+    assert psnr(output, photo) > 30.0 and psnr(output, photo) > grey_psnr + 10.0
+
+
+def test_real_photo_self_reference_is_accurate(model, sample_ref):
+    photo = np.asarray(Image.open(sample_ref).convert("RGB"))
+    reference = np.ascontiguousarray(photo[8:-8, ::-1])  # cropped and mirrored
+    output = Colorizer(model, reference).colorize_rgb([photo])[0]
+    grey = frames.replace_ab(photo, np.zeros((*photo.shape[:2], 2), np.float32))
+    assert psnr(output, photo) > 30.0 and psnr(output, photo) > psnr(grey, photo) + 3.0
+
+
+@pytest.mark.shared
+def test_shared_photo_self_reference_is_accurate(model, shared_data):
+    path = shared_data / "eval" / "images" / "dreambooth_colorful_sneaker_02.jpg"
+    if not path.exists():
+        pytest.skip(f"{path} is absent")
+    photo = np.asarray(Image.open(path).convert("RGB"))
+    reference = np.ascontiguousarray(photo[20:, 10:][:, ::-1])
+    output = Colorizer(model, reference).colorize_rgb([photo])[0]
+    assert psnr(output, photo) > 28.0
+    assert chroma(output) > 0.6 * chroma(photo)
+
+
+def test_run_keeps_order_and_one_frame_per_frame(model):
+    colorizer = Colorizer(model, colorful_still(), dataclasses.replace(FAST, batch_size=2))
+    sources = [synthetic_photo(48, 64, seed) for seed in range(5)]
+    stream = (Frame(index=i, pts=10 * i, source=s) for i, s in enumerate(sources))
+    out = list(colorizer.run(stream))
+    assert [f.index for f in out] == list(range(5)) and [f.pts for f in out] == [0, 10, 20, 30, 40]
+    for frame, source in zip(out, sources, strict=True):
+        assert frame.source is source and frame.color.shape == source.shape
+    single = colorizer.step(Frame(index=3, pts=30, source=sources[3]))
+    assert np.abs(single.color.astype(int) - out[3].color.astype(int)).max() <= 2
+    assert list(colorizer.run(iter([]))) == []
+
+
+def test_bad_image_is_a_value_error(model):
+    colorizer = Colorizer(model, colorful_still(), FAST)
+    with pytest.raises(ValueError, match="uint8"):
+        colorizer.colorize_rgb([np.zeros((10, 10, 3), np.float32)])
+
+
+def test_guided_filter_keeps_flat_signals_and_follows_edges():
+    guide = np.zeros((32, 32), np.float32)
+    guide[:, 16:] = 1.0
+    flat = np.full((32, 32, 2), 7.0, np.float32)
+    coef = _guided_coefficients(guide, flat, 2, 1e-3)
+    np.testing.assert_allclose(coef[..., :2] * guide[..., None] + coef[..., 2:], flat, atol=1e-3)
+    blurred_step = np.repeat(np.linspace(-20, 20, 32, dtype=np.float32)[None, :, None], 32, 0)
+    blurred_step = np.repeat(blurred_step, 2, axis=2)  # a colour ramp across the luma edge
+    coef = _guided_coefficients(guide, blurred_step, 2, 1e-4)
+    filtered = coef[..., :2] * guide[..., None] + coef[..., 2:]
+    # Steeper than the input ramp at the luma edge: the colour edge snaps to the luma edge.
+    step_in = blurred_step[16, 17, 0] - blurred_step[16, 14, 0]
+    assert filtered[16, 17, 0] - filtered[16, 14, 0] > step_in
+
+
+def test_max_chroma_table_is_the_gamut_boundary():
+    table = _max_chroma_table()
+    assert table.shape == (101, 361) and table[0].max() < 1.0 and table[100].max() < 1.0
+    lightness, hue = np.meshgrid(np.arange(101), np.deg2rad(np.arange(361)), indexing="ij")
+
+    def rgb_at(chroma: np.ndarray) -> np.ndarray:
+        lab = np.stack([lightness, chroma * np.cos(hue), chroma * np.sin(hue)], -1)
+        return cv2.cvtColor(lab.astype(np.float32), cv2.COLOR_Lab2RGB)
+
+    inside = rgb_at(table)
+    assert inside.min() >= 0.0 and inside.max() <= 1.0
+    outside = rgb_at(table + 1.0)[5:96]  # one chroma unit more clips (away from black/white)
+    assert ((outside <= 1e-6) | (outside >= 1 - 1e-6)).any(axis=-1).all()

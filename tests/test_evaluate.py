@@ -1,0 +1,97 @@
+"""scripts/evaluate.py videos on a tiny synthetic colour clip, so it runs without ../shared."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from vidcolor import io
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+METRIC_COLUMNS = ("PSNR dB", "SSIM", "Ewarp RGB", "Ewarp ab", "CDC", "fps")
+
+
+@pytest.fixture
+def evaluate(monkeypatch):
+    """scripts/evaluate.py as a module (it imports its neighbour video_metrics.py)."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    spec = importlib.util.spec_from_file_location("evaluate_script", SCRIPTS / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def moving_colour(index: int, width: int, height: int) -> np.ndarray:
+    """(H, W, 3) uint8 RGB: a colourful gradient with bars, panning 2 px per frame."""
+    from conftest import colorful_still
+
+    rgb = colorful_still(width + 32, height).astype(np.int16)
+    rgb[:, ::12] //= 2  # texture, so that optical flow has something to follow
+    return np.ascontiguousarray(rgb[:, 2 * index: 2 * index + width].astype(np.uint8))
+
+
+@pytest.fixture
+def clip_dir(tmp_path) -> Path:
+    """A folder with one colour clip (8 frames, 64x48, AAC) and its first frame as png."""
+    from conftest import write_clip
+
+    clip = write_clip(tmp_path / "pan.mp4", n_frames=8, frame_of=moving_colour)
+    first = next(iter(io.read_frames(clip)))
+    Image.fromarray(first.source).save(tmp_path / "pan_frame0.png")
+    return tmp_path
+
+
+def test_videos_prints_every_metric(evaluate, clip_dir, capsys):
+    code = evaluate.main(["videos", str(clip_dir), "--strengths", "0,1", "--end-to-end", "-v"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    header = next(line for line in out.splitlines() if line.startswith("clip"))
+    for column in METRIC_COLUMNS:
+        assert column in header
+    rows = {tuple(line.split()[1:3]): line.split() for line in out.splitlines()
+            if line.startswith("pan ")}
+    assert set(rows) == {("cached", "0.00"), ("cached", "0.60"), ("cached", "1.00"),
+                         ("e2e", "0.00"), ("e2e", "0.60")}  # 0 and the default always run
+    for label, row in rows.items():
+        values = [float(v) for v in row[3:9]]  # PSNR, SSIM, E_warp RGB and ab, CDC, fps
+        assert all(math.isfinite(v) for v in values), (label, row)
+        assert 10.0 < values[0] < 100.0 and 0.0 < values[1] <= 1.0
+    assert "temporal (λ=0.60) vs per-frame (λ=0), cached: chroma E_warp" in out
+    assert "temporal (λ=0.60) vs per-frame (λ=0), end to end: chroma E_warp" in out
+    assert "λ curve" in out and "frames agree to" in out
+
+
+def test_videos_missing_dir_is_one_line(evaluate, tmp_path, capsys):
+    assert evaluate.main(["videos", str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a directory" in err
+
+
+def test_videos_clip_without_first_frame_is_refused(evaluate, clip_dir, capsys):
+    (clip_dir / "pan_frame0.png").unlink()
+    assert evaluate.main(["videos", str(clip_dir)]) == 1
+    assert "pan_frame0.png" in capsys.readouterr().err
+
+
+def test_videos_bad_strengths_is_usage_error(evaluate, clip_dir):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["videos", str(clip_dir), "--strengths", "0,1.5"])
+    assert exit_info.value.code == 2
+
+
+def test_grey_copy_keeps_luma_and_audio(evaluate, clip_dir, tmp_path):
+    clip = clip_dir / "pan.mp4"
+    grey = evaluate.write_grey_copy(clip, tmp_path / "grey.mp4")
+    pairs = list(zip(io.read_frames(clip), io.read_frames(grey), strict=True))
+    assert len(pairs) == 8
+    for original, copy in pairs:
+        np.testing.assert_array_equal(copy.luma_plane, original.luma_plane)
+        assert np.all(copy.source == copy.source[..., :1])  # R = G = B
+    with av.open(str(grey)) as container:
+        assert [s.codec_context.name for s in container.streams.audio] == ["aac"]

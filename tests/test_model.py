@@ -1,0 +1,149 @@
+"""model.py: NetConfig checks, the Lite0 backbone on real weights, MatchNet shapes and values."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vidcolor.errors import OptionsError
+from vidcolor.model import Backbone, MatchNet, NetConfig, _same_pad
+from vidcolor.weights import load_model
+
+HYPERCOLUMN_CHANNELS = 24 + 40 + 112 + 192  # outputs of blocks 2, 4, 10, 14
+
+
+@pytest.fixture(scope="module")
+def net() -> MatchNet:
+    return load_model("match", device="cpu")
+
+
+def smooth_luma(height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """(1, 1, H, W) float luminance in [0, 1] with structure at several scales."""
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.rand(1, 1, height // 8, width // 8, generator=gen)
+    coarse = F.interpolate(noise, size=(height, width), mode="bicubic", align_corners=False)
+    y, x = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    stripes = 0.15 * torch.sin(x / 3.0 + y / 5.0)
+    return (0.6 * coarse + 0.2 + stripes).clamp(0.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"kind": "nope"},
+        {"feature_blocks": ()},
+        {"feature_blocks": (4, 2)},
+        {"feature_blocks": (2, 99)},
+        {"grid_stride_px": 3},
+        {"temperature": 0.0},
+        {"luma_weight": -1.0},
+        {"match_dims": -1},
+    ],
+)
+def test_netconfig_rejects_bad_values(bad):
+    with pytest.raises(OptionsError, match=next(iter(bad))):
+        NetConfig(**bad)
+
+
+def test_netconfig_round_trips_through_a_dict():
+    config = NetConfig(feature_blocks=[2, 4], temperature=0.02)  # lists, as after JSON
+    assert config.feature_blocks == (2, 4)
+    assert NetConfig(**dataclasses.asdict(config)) == config
+
+
+def test_same_pad_matches_tensorflow_sizes():
+    x = torch.zeros(1, 1, 9, 10)
+    assert _same_pad(x, 3, 2).shape[-2:] == (11, 11)  # 9: pad 1+1; 10: pad 0+1
+    assert _same_pad(x, 5, 2).shape[-2:] == (13, 13)  # 9: pad 2+2; 10: pad 1+2
+
+
+def test_backbone_keys_are_the_package_keys():
+    keys = set(Backbone((2, 4, 10, 14)).state_dict())
+    assert "_conv_stem.weight" in keys and "_blocks.14._project_conv.weight" in keys
+    assert "_blocks.0._depthwise_conv.weight" in keys
+    assert "_blocks.0._expand_conv.weight" not in keys  # block 0 has expand ratio 1
+    assert not any(k.startswith(("_blocks.15", "_conv_head", "_fc")) for k in keys)
+
+
+def test_backbone_hypercolumns_are_normalised_levels_on_the_grid(net):
+    with torch.inference_mode():
+        features = net.backbone(smooth_luma(96, 128).expand(2, -1, -1, -1), 4)
+    assert features.shape == (2, HYPERCOLUMN_CHANNELS, 24, 32)
+    assert features.dtype == torch.float32
+    # The stride-4 level is on the grid as is: a unit vector / sqrt(4 levels) at every position.
+    stride4 = features[:, :24].norm(dim=1)
+    torch.testing.assert_close(stride4, torch.full((2, 24, 32), 0.5), atol=1e-4, rtol=0)
+    # Resampled coarser levels can only be shorter: the total norm is at most 1.
+    assert features.norm(dim=1).max().item() <= 1.0 + 1e-4
+    assert features.norm(dim=1).mean().item() > 0.8
+
+
+def test_backbone_features_see_structure(net):
+    """Pretrained features: a flat picture and a textured one give different hypercolumns."""
+    with torch.inference_mode():
+        flat = net.backbone(torch.full((1, 1, 64, 64), 0.5), 8).flatten(1)
+        textured = net.backbone(smooth_luma(64, 64), 8).flatten(1)
+    assert F.cosine_similarity(flat, textured).item() < 0.9
+
+
+def test_matchnet_shapes(net):
+    ref_ab = torch.randn(1, 2, 64, 96) * 20
+    for stride in (4, 8):
+        with torch.inference_mode():
+            reference = net.encode_reference(smooth_luma(64, 96), ref_ab, stride)
+            ab = net(smooth_luma(48, 80, seed=1).expand(3, -1, -1, -1), reference)
+        n_ref = (64 // stride) * (96 // stride)
+        assert reference.keys.shape == (1, n_ref, net.config.match_dims + 2)
+        assert reference.ab.shape == (1, n_ref, 2)
+        assert ab.shape == (3, 2, 48 // stride, 80 // stride) and ab.dtype == torch.float32
+
+
+def test_matchnet_rejects_a_bad_stride(net):
+    with pytest.raises(OptionsError, match="grid_stride_px"):
+        net.encode_reference(smooth_luma(64, 64), torch.zeros(1, 2, 64, 64), 5)
+
+
+def test_self_match_recovers_the_reference_colours(net):
+    """Target = reference luminance: each cell should find itself and get back its own ab."""
+    luma = smooth_luma(128, 128)
+    ab = torch.cat([(luma - 0.5) * 120, torch.flip(luma, [3]) * 60 - 30], 1)  # (1, 2, H, W)
+    with torch.inference_mode():
+        reference = net.encode_reference(luma, ab)
+        predicted = net(luma, reference)
+    truth = F.adaptive_avg_pool2d(ab, predicted.shape[-2:])
+    assert (predicted - truth).abs().mean().item() < 3.0
+    assert ab.std().item() > 15.0  # the test would be vacuous on flat colours
+
+
+def test_prediction_is_a_convex_mix_of_reference_colours(net):
+    ref_ab = torch.tensor([30.0, -20.0]).view(1, 2, 1, 1).expand(1, 2, 64, 64)
+    with torch.inference_mode():
+        reference = net.encode_reference(smooth_luma(64, 64), ref_ab)
+        ab = net(smooth_luma(64, 64, seed=3), reference)
+    torch.testing.assert_close(ab, ref_ab[..., :16, :16].expand_as(ab), atol=1e-3, rtol=0)
+
+
+def test_batch_items_are_independent(net):
+    ref_ab = torch.randn(1, 2, 64, 64) * 20
+    first, second = smooth_luma(64, 64, seed=4), smooth_luma(64, 64, seed=5)
+    with torch.inference_mode():
+        reference = net.encode_reference(smooth_luma(64, 64), ref_ab)
+        both = net(torch.cat([first, second]), reference)
+        alone = net(second, reference)
+    torch.testing.assert_close(both[1:], alone, atol=1e-3, rtol=0)
+
+
+def test_attention_equals_plain_softmax():
+    """The chunked in-place attention is exactly softmax(q k) v, also over several chunks."""
+    gen = torch.Generator().manual_seed(0)
+    query = torch.randn(2500, 8, generator=gen) * 3  # > ATTENTION_ROWS: three chunks
+    keys_t = torch.randn(8, 300, generator=gen)
+    ab = torch.randn(300, 2, generator=gen) * 40
+    ab_one = F.pad(ab, (0, 1), value=1.0)
+    got = MatchNet(NetConfig(feature_blocks=(2,)))._attend(query, keys_t, ab_one)
+    expected = torch.softmax(query @ keys_t, dim=1) @ ab
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-3)

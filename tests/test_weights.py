@@ -1,0 +1,132 @@
+"""weights.py: registry, device choice, hash-checked backbone loading, checkpoints round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from vidcolor import weights
+from vidcolor.errors import OptionsError, WeightsError
+from vidcolor.model import MatchNet, NetConfig
+from vidcolor.weights import (
+    available_models,
+    backbone_weights_path,
+    default_device,
+    load_model,
+    save_checkpoint,
+)
+
+
+@pytest.fixture(scope="module")
+def model() -> MatchNet:
+    return load_model("match", device="cpu")
+
+
+def test_registry_lists_match():
+    assert "match" in available_models()
+
+
+def test_default_device_is_a_usable_device():
+    assert default_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_load_model_gives_a_frozen_eval_model_with_the_package_weights(model):
+    assert isinstance(model, MatchNet) and model.config == NetConfig()
+    assert not model.training
+    assert not any(p.requires_grad for p in model.parameters())
+    assert next(model.parameters()).device.type == "cpu"
+    package = torch.load(backbone_weights_path(), map_location="cpu", weights_only=True)
+    for key, value in model.backbone.state_dict().items():
+        assert torch.equal(value, package[key]), key
+
+
+def test_unknown_name_lists_the_available_models():
+    with pytest.raises(WeightsError, match="available models: match"):
+        load_model("no-such-model")
+
+
+def test_missing_checkpoint_path_is_a_weights_error(tmp_path):
+    with pytest.raises(WeightsError, match="unknown model"):
+        load_model(tmp_path / "absent.pt")
+
+
+def test_corrupted_backbone_file_is_detected(tmp_path):
+    copy = tmp_path / "efficientnet-lite0.pth"
+    shutil.copyfile(backbone_weights_path(), copy)
+    with copy.open("r+b") as f:  # flip one byte in the middle of the tensors
+        f.seek(copy.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(WeightsError, match="corrupted") as excinfo:
+        weights._load_backbone(MatchNet().backbone, copy)
+    assert str(copy) in str(excinfo.value) and "reinstall" in str(excinfo.value)
+
+
+def test_missing_backbone_file_is_detected(tmp_path):
+    with pytest.raises(WeightsError, match="missing"):
+        weights._load_backbone(MatchNet().backbone, tmp_path / "gone.pth")
+
+
+def test_checkpoint_round_trip_keeps_config_and_weights(model, tmp_path):
+    config = dataclasses.replace(model.config, temperature=0.02, match_dims=32)
+    custom = MatchNet(config)
+    custom.load_state_dict(model.state_dict())
+    path = save_checkpoint(custom, tmp_path / "custom.pt")
+    loaded = load_model(path, device="cpu")
+    assert loaded.config == config and not loaded.training
+    for key, value in custom.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+
+
+def test_checkpoint_that_does_not_fit_is_rejected(model, tmp_path):
+    state = {k: v for k, v in model.state_dict().items() if "_blocks.3." not in k}
+    path = tmp_path / "partial.pt"
+    torch.save({"config": dataclasses.asdict(model.config), "state_dict": state}, path)
+    with pytest.raises(WeightsError, match="missing"):
+        load_model(path)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"not a torch file", None],
+    ids=["garbage", "not-a-checkpoint-dict"],
+)
+def test_foreign_files_are_rejected(tmp_path, content):
+    path = tmp_path / "foreign.pt"
+    if content is None:
+        torch.save({"weights": torch.zeros(1)}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(WeightsError, match=str(path).replace("\\", "\\\\")):
+        load_model(path)
+
+
+def test_checkpoint_with_a_bad_config_is_rejected(tmp_path):
+    path = tmp_path / "bad.pt"
+    torch.save({"config": {"kind": "match", "temperature": -1.0}, "state_dict": {}}, path)
+    with pytest.raises(WeightsError, match="invalid NetConfig"):
+        load_model(path)
+
+
+def test_bad_device_is_an_options_error():
+    with pytest.raises(OptionsError, match="device"):
+        load_model("match", device="toaster")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here")
+def test_cuda_without_cuda_is_an_options_error():
+    with pytest.raises(OptionsError, match="CUDA is not available"):
+        load_model("match", device="cuda")
+
+
+def test_sha256_is_computed_once_per_file():
+    path = Path(backbone_weights_path())
+    weights._check_sha256(path, weights.BACKBONE_SHA256, "fix")
+    hits = weights._sha256.cache_info().hits
+    weights._check_sha256(path, weights.BACKBONE_SHA256, "fix")
+    assert weights._sha256.cache_info().hits == hits + 1
