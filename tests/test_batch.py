@@ -266,6 +266,63 @@ def test_redis_three_workers_split_reel_then_twelve_reels(redis_url, reel, ref_s
     assert not queue.status()[1]  # every worker left and said so
 
 
+def make_tls_files(folder: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1, made with the openssl CLI."""
+    ca_key, ca_crt = folder / "ca.key", folder / "ca.crt"
+    key, csr, crt, ext = (folder / name for name in ("server.key", "server.csr", "server.crt",
+                                                      "san.ext"))
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    for args in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+         "-keyout", ca_key, "-out", ca_crt],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", key,
+         "-out", csr],
+        ["x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key, "-CAcreateserial",
+         "-days", "1", "-extfile", ext, "-out", crt],
+    ):
+        subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+    return ca_crt, crt, key
+
+
+def test_rediss_url_with_a_password_works_over_tls(reel, ref_still, tmp_path):
+    binary, openssl = shutil.which("redis-server"), shutil.which("openssl")
+    if binary is None or openssl is None:
+        pytest.skip("needs redis-server and openssl (apt-get install redis-server openssl)")
+    ca_crt, crt, key = make_tls_files(tmp_path)
+    port, password = free_port(), "tls-pass"
+    server = subprocess.Popen(
+        [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--requirepass", password, "--tls-cert-file", str(crt),
+         "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca_crt),
+         "--tls-auth-clients", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"rediss://:{password}@127.0.0.1:{port}/0?ssl_ca_certs={ca_crt}"
+
+    def reachable():
+        if server.poll() is not None:
+            pytest.skip(f"this redis-server has no TLS support: {server.stdout.read()[-200:]}")
+        try:
+            ReelQueue(url).close()
+        except QueueError:
+            return False
+        return True
+
+    try:
+        wait_until(reachable, 20, "redis-server with TLS to start", poll_s=0.1)
+        queue = ReelQueue(url)
+        job_id = queue.add(reel, ref_still, tmp_path / "out.mp4", FAST).id
+        [job] = queue.status()[0]
+        assert job.id == job_id and job.state == "queued"
+        queue.close()
+        wrong_ca = url.replace(str(ca_crt), str(crt))  # not the signer: must be refused
+        with pytest.raises(QueueError) as refused:
+            ReelQueue(wrong_ca)
+        assert password not in str(refused.value)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
 def test_unreachable_backend_is_one_line_without_the_password():
     port = free_port()
     result = runner.invoke(queue_app, ["status", "--queue",
