@@ -8,6 +8,9 @@ Subcommands (one function each):
                "grey" (a = b = 0) and "reinhard" (Reinhard et al. 2001 global Lab mean/std
                transfer; the target's ab is zero with zero spread, so ab becomes the
                reference's mean ab).
+  images DIR --unrelated   The same, but each photo's reference is the next photo of DIR in
+               sorted order (the last takes the first), undistorted: a wrong reference, so
+               "vidcolor" should not score below "grey".
   videos DIR   Temporal consistency on every colour clip CLIP.mp4 in DIR that has its first
                frame CLIP_frame0.png beside it (see "Videos" below).
 
@@ -199,11 +202,14 @@ def cmd_images(args: argparse.Namespace) -> int:
     scores: dict[str, list[tuple[float, float]]] = {"grey": [], "reinhard": [], "vidcolor": []}
     skipped = 0
     started = time.perf_counter()
-    for path in paths:
+    for index, path in enumerate(paths):
         try:
             truth = load_rgb(path)
-            rng = np.random.default_rng([args.seed, zlib.crc32(path.name.encode())])
-            reference = augment_reference(truth, rng)
+            if args.unrelated:  # the next photo (sorted, wrapping): colours that do not fit
+                reference = load_rgb(paths[(index + 1) % len(paths)])
+            else:
+                rng = np.random.default_rng([args.seed, zlib.crc32(path.name.encode())])
+                reference = augment_reference(truth, rng)
             colorized = Colorizer(model, reference, opts).colorize_rgb([truth])[0]
         except (OSError, VidcolorError) as e:  # unreadable, or grey: nothing to measure
             print(f"skipped {path.name}: {e}", file=sys.stderr)
@@ -223,7 +229,8 @@ def cmd_images(args: argparse.Namespace) -> int:
         return 1
     elapsed = time.perf_counter() - started
     n_used = len(scores["vidcolor"])
-    print(f"{n_used} photos from {args.dir} ({skipped} skipped), seed {args.seed}, {elapsed:.0f} s")
+    protocol = "unrelated references (next photo)" if args.unrelated else f"seed {args.seed}"
+    print(f"{n_used} photos from {args.dir} ({skipped} skipped), {protocol}, {elapsed:.0f} s")
     print(f"{opts}")
     print(f"{'method':10s} {'PSNR dB':>8s} {'SSIM':>7s}")
     for name, values in scores.items():
@@ -463,6 +470,9 @@ def main(argv: list[str] | None = None) -> int:
     images.add_argument("--stride", type=int, default=0, help="feature_stride_px; 0 = default")
     images.add_argument("--seed", type=int, default=0, help="seed of the reference distortions")
     images.add_argument("--device", default=None, help="cpu, cuda; default: auto")
+    images.add_argument("--unrelated", action="store_true",
+                        help="reference = the next photo in sorted order (wrapping), not a "
+                             "distorted copy: checks that wrong colours do not beat grey")
     images.add_argument("--verbose", "-v", action="store_true", help="one line per photo")
     images.set_defaults(func=cmd_images)
     videos = sub.add_parser("videos", help="temporal consistency on a folder of colour clips")

@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 
 from vidcolor.frames import rgb_to_lab
+from vidcolor.report import js_divergence, rgb_histograms  # shared with the QA report
 
 CDC_STEPS = (1, 2, 4)  # frame distances d averaged by CDC
 SSIM_WINDOW_SIGMA = 1.5  # px, Gaussian window of SSIM
@@ -152,30 +153,6 @@ def warp_errors(out_t: np.ndarray, out_next: np.ndarray, flow_fwd: np.ndarray,
     ab_t = rgb_to_lab(out_t[mask])[:, 1:].astype(np.float64) / 100.0
     ab_next = rgb_to_lab(warped[mask])[:, 1:].astype(np.float64) / 100.0
     return float(np.mean(rgb_diff**2)), float(np.mean((ab_t - ab_next) ** 2))
-
-
-def rgb_histograms(frame: np.ndarray) -> np.ndarray:
-    """(3, 256) float64 per-channel histograms of (H, W, 3) uint8 RGB, each summing to 1."""
-    hist = np.stack([np.bincount(frame[..., c].ravel(), minlength=256) for c in range(3)])
-    return hist.astype(np.float64) / float(frame.shape[0] * frame.shape[1])
-
-
-def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Jensen-Shannon divergence (log base 2, in [0, 1]) along the last axis of p and q.
-
-    Args:
-        p, q: (..., N) float64 probability vectors (non-negative, summing to 1).
-
-    Returns:
-        (...) float64.
-    """
-    m = 0.5 * (p + q)
-
-    def kl(a: np.ndarray) -> np.ndarray:
-        terms = np.where(a > 0, a * np.log2(np.where(a > 0, a, 1.0) / np.where(m > 0, m, 1.0)), 0.0)
-        return terms.sum(axis=-1)
-
-    return 0.5 * (kl(p) + kl(q))
 
 
 def clip_metrics(originals: Iterable[np.ndarray], outputs: Iterable[np.ndarray]) -> dict:

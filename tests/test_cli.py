@@ -88,6 +88,22 @@ def test_grey_reference_is_refused(gray_clip, tmp_path):
     assert not list(tmp_path.glob("never*"))
 
 
+def test_corrupted_model_checkpoint_is_one_line(gray_clip, ref_still, tmp_path, monkeypatch):
+    """A damaged copy of the shipped network (one flipped byte) is refused by its sha256."""
+    from vidcolor import weights
+
+    shipped, _ = weights.shipped_weights_path("net")
+    damaged = bytearray(shipped.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / shipped.name).write_bytes(bytes(damaged))
+    monkeypatch.setenv(weights.MODEL_DIR_ENV, str(tmp_path / "models"))
+    out = tmp_path / "never.mp4"
+    result = run(gray_clip, "--ref", ref_still, "--method", "net", "-o", out)
+    assert_one_line_error(result, shipped.name, "corrupted", "reinstall")
+    assert not out.exists() and not partial_path(out).exists()
+
+
 def test_non_media_input_is_one_line(ref_still, tmp_path):
     fake = tmp_path / "film.mp4"
     fake.write_text("hello, not a film\n" * 10)
@@ -121,3 +137,45 @@ def test_python_dash_m_entry_point():
     result = subprocess.run([sys.executable, "-m", "vidcolor", "--help"], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0 and "--ref" in result.stdout
+
+
+@pytest.mark.parametrize(("args", "work_side_px", "encoder"), [
+    ([], 256, "medium"), (["--preset", "fast"], 192, "veryfast"),
+    (["--preset", "best"], 320, "slow"),
+    (["--preset", "fast", "--encoder-preset", "slow"], 192, "slow"),
+])
+def test_speed_preset_reaches_the_options_and_flags_override_it(gray_clip, ref_still, tmp_path,
+                                                                monkeypatch, args, work_side_px,
+                                                                encoder):
+    received = {}
+    monkeypatch.setattr("vidcolor.cli.colorize_video",
+                        lambda src, ref, out, opts, **kwargs: received.setdefault("opts", opts))
+    result = run(gray_clip, "-r", ref_still, "-o", tmp_path / "out.mp4", "-q",
+                 "--temporal-strength", "0.3", *args)
+    assert result.exit_code == 0, result.output
+    opts = received["opts"]
+    assert opts.colorize.work_side_px == work_side_px and opts.encode.preset == encoder
+    assert opts.temporal.strength == 0.3
+
+
+def test_an_x264_name_given_as_preset_points_to_encoder_preset(gray_clip, ref_still, tmp_path):
+    result = run(gray_clip, "-r", ref_still, "-o", tmp_path / "out.mp4", "--preset", "medium")
+    assert result.exit_code == 2 and "--encoder-preset" in result.output
+
+
+@pytest.mark.parametrize(("name", "codec", "expected"), [
+    ("film.mp4", "h264", "film.color.mp4"), ("film.mp4", "prores", "film.color.mov"),
+    ("film.mkv", "prores", "film.color.mkv"), ("film.mov", "ffv1", "film.color.mkv"),
+    ("film.avi", "h264", "film.color.mkv"),
+])
+def test_default_output_picks_a_container_that_holds_the_codec(tmp_path, name, codec, expected):
+    assert default_output(tmp_path / name, codec) == tmp_path / expected
+
+
+def test_prores_from_an_mp4_lands_in_a_mov(gray_clip, ref_still, tmp_path):
+    src = tmp_path / "film.mp4"
+    src.write_bytes(gray_clip.read_bytes())
+    result = run(src, "--ref", ref_still, "--codec", "prores", "-q")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "film.color.mov"
+    assert io.probe(out).codec == "prores" and io.probe(out).n_frames == 24

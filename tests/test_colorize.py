@@ -8,6 +8,7 @@ import dataclasses
 import cv2
 import numpy as np
 import pytest
+import torch
 from conftest import colorful_still
 from PIL import Image
 
@@ -200,3 +201,80 @@ def test_max_chroma_table_is_the_gamut_boundary():
     assert inside.min() >= 0.0 and inside.max() <= 1.0
     outside = rgb_at(table + 1.0)[5:96]  # one chroma unit more clips (away from black/white)
     assert ((outside <= 1e-6) | (outside >= 1 - 1e-6)).any(axis=-1).all()
+
+
+class _OutOfMemoryAbove(torch.nn.Module):
+    """The real matcher behind a memory limit: batches above `max_batch` frames raise
+    torch.OutOfMemoryError, as a full GPU does. Fault injection: this machine has no GPU."""
+
+    def __init__(self, net: torch.nn.Module, max_batch: int, cuda_only: bool = False) -> None:
+        super().__init__()
+        self.net, self.config, self.max_batch = net, net.config, max_batch
+        self.cuda_only = cuda_only  # the limit applies on the GPU only: the host has room
+        self.batches: list[int] = []
+
+    def encode_reference(self, *args, **kwargs):
+        return self.net.encode_reference(*args, **kwargs)
+
+    def forward(self, luma: torch.Tensor, reference) -> torch.Tensor:
+        self.batches.append(len(luma))
+        if len(luma) > self.max_batch and (luma.is_cuda or not self.cuda_only):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.net(luma, reference)
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_every_frame_coloured(model, caplog):
+    reference = synthetic_photo(seed=1)
+    images = [synthetic_photo(seed=s) for s in range(2, 6)]
+    opts = dataclasses.replace(FAST, batch_size=4)
+    expected = Colorizer(model, reference, opts).colorize_rgb(images)
+    limited = _OutOfMemoryAbove(model, max_batch=1)
+    colorizer = Colorizer(limited, reference, opts)
+    outputs = colorizer.colorize_rgb(images)
+    for output, want in zip(outputs, expected, strict=True):
+        assert np.abs(output.astype(int) - want.astype(int)).max() <= 1
+    assert limited.batches == [4, 2, 1, 1, 2, 1, 1]
+    assert colorizer.opts.batch_size == 1  # later batches start small
+    assert "out of memory with 4 frames per batch; retrying with 2" in caplog.text
+
+
+def test_out_of_memory_for_one_frame_on_the_cpu_is_an_error_not_a_grey_frame(model):
+    colorizer = Colorizer(_OutOfMemoryAbove(model, max_batch=0), synthetic_photo(seed=1), FAST)
+    with pytest.raises(torch.OutOfMemoryError):
+        colorizer.colorize_rgb([synthetic_photo(seed=2)])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_out_of_memory_for_one_frame_falls_back_to_the_cpu(caplog):
+    """On a real GPU: a model that cannot fit one frame moves to the CPU with a warning."""
+    gpu_model = load_model("match", device="cuda")
+    reference, image = synthetic_photo(seed=1), synthetic_photo(seed=2)
+    expected = Colorizer(load_model("match", device="cpu"), reference, FAST).colorize_rgb([image])
+    limited = _OutOfMemoryAbove(gpu_model, max_batch=0, cuda_only=True)
+    colorizer = Colorizer(limited, reference, FAST)
+    [output] = colorizer.colorize_rgb([image])
+    assert colorizer.device.type == "cpu"
+    assert np.abs(output.astype(int) - expected[0].astype(int)).max() <= 2
+    assert "continuing on the CPU" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def net_model():
+    return load_model("net", device="cpu")
+
+
+def test_learned_net_on_a_real_photo_is_accurate_and_colourful(net_model, sample_ref):
+    photo = np.asarray(Image.open(sample_ref).convert("RGB"))
+    reference = np.ascontiguousarray(photo[8:-8, ::-1])  # cropped and mirrored
+    opts = ColorizeOptions(method="net")
+    output = Colorizer(net_model, reference, opts).colorize_rgb([photo])[0]
+    grey = frames.replace_ab(photo, np.zeros((*photo.shape[:2], 2), np.float32))
+    assert output.shape == photo.shape and output.dtype == np.uint8
+    assert psnr(output, photo) > 30.0 and psnr(output, photo) > psnr(grey, photo) + 3.0
+    assert chroma(output) > 0.6 * chroma(photo)
+
+
+def test_learned_net_needs_its_own_method(net_model):
+    with pytest.raises(OptionsError, match="net"):
+        Colorizer(net_model, colorful_still(), FAST)

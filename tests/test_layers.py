@@ -10,9 +10,10 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "vidcolor"
 
 LAYER = {
-    "errors": 0, "frames": 0,
-    "io": 1, "encode": 1, "temporal": 1, "model": 1,
-    "weights": 2, "colorize": 2,
+    "errors": 0, "frames": 0, "runtime": 0, "threads": 0,
+    "io": 1, "encode": 1, "temporal": 1, "model": 1, "provenance": 1, "preview": 1,
+    "report": 1,
+    "weights": 2, "colorize": 2, "byproducts": 2,
     "pipeline": 3, "jobs": 3,
     "batch": 4, "cli": 4,
     "__init__": 5, "__main__": 5,

@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vidcolor import model as model_module
 from vidcolor.errors import OptionsError
-from vidcolor.model import Backbone, MatchNet, NetConfig, _same_pad
+from vidcolor.model import Backbone, ColorNet, MatchNet, NetConfig, _attend, _palette, _same_pad
 from vidcolor.weights import load_model
 
 HYPERCOLUMN_CHANNELS = 24 + 40 + 112 + 192  # outputs of blocks 2, 4, 10, 14
@@ -147,3 +148,64 @@ def test_attention_equals_plain_softmax():
     got = MatchNet(NetConfig(feature_blocks=(2,)))._attend(query, keys_t, ab_one)
     expected = torch.softmax(query @ keys_t, dim=1) @ ab
     np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-3)
+
+
+TINY_NET = NetConfig(kind="net", feature_blocks=(2, 4), feature_dims=16, key_dims=8, width=8)
+
+
+def test_netconfig_rejects_bad_net_fields():
+    with pytest.raises(OptionsError, match="key_dims"):
+        NetConfig(kind="net", feature_dims=16, key_dims=32)
+    with pytest.raises(OptionsError, match="width"):
+        NetConfig(kind="net", width=1)
+
+
+def test_colornet_shapes_and_its_own_grid_only():
+    net = ColorNet(TINY_NET).eval()
+    with torch.inference_mode():
+        reference = net.encode_reference(smooth_luma(64, 96), torch.randn(1, 2, 64, 96) * 20)
+        ab = net(smooth_luma(48, 80, seed=1).expand(3, -1, -1, -1), reference)
+    assert reference.keys.shape == (1, 16 * 24, TINY_NET.key_dims + 3)
+    assert reference.values.shape == (1, 16 * 24, 2)
+    assert reference.palette.shape == (1, TINY_NET.palette_bins**2 + 4)
+    assert ab.shape == (3, 2, 24, 40) and ab.dtype == torch.float32
+    with pytest.raises(OptionsError, match="grid_stride_px"):
+        net.encode_reference(smooth_luma(64, 64), torch.zeros(1, 2, 64, 64), 8)
+
+
+def test_untrained_colornet_returns_the_warped_ab_exactly():
+    """The decoder's last layer starts at zero: training starts from the attention's colours."""
+    net = ColorNet(TINY_NET).eval()
+    with torch.inference_mode():
+        reference = net.encode_reference(smooth_luma(64, 64), torch.randn(1, 2, 64, 64) * 30)
+        features = net.project(net.backbone(smooth_luma(64, 64, seed=2), 4))
+        predicted, warped = net.decode(features, smooth_luma(64, 64, seed=2), reference)
+    assert torch.equal(predicted, warped) and warped.abs().mean().item() > 0.01
+
+
+def test_attention_confidence_values_and_the_chunked_path(monkeypatch):
+    gen = torch.Generator().manual_seed(0)
+    query = torch.randn(2, 12 * 10, 8, generator=gen) * 0.3  # a 12 x 10 target grid
+    keys = torch.randn(1, 70, 8, generator=gen) * 0.3
+    values = torch.randn(1, 70, 2, generator=gen)
+    temperature = torch.tensor(0.05)
+    with torch.enable_grad():  # the training path: plain batched softmax
+        warped, confidence = _attend(query, query[:, ::3], keys, values, temperature)
+    scores = query @ keys.transpose(1, 2)
+    torch.testing.assert_close(warped, torch.softmax(scores / 0.05, dim=2) @ values)
+    torch.testing.assert_close(confidence[..., 0], scores.amax(2))  # best similarity
+    entropy = confidence[..., 1]
+    assert entropy.min().item() >= 0.0 and entropy.max().item() <= 1.0  # entropy / log N
+    monkeypatch.setattr(model_module, "ATTENTION_ROWS", 50)  # three chunks per image
+    with torch.inference_mode():  # the chunked inference path gives the same numbers
+        warped_c, confidence_c = _attend(query, query[:, ::3], keys, values, temperature)
+    torch.testing.assert_close(warped_c, warped, atol=1e-5, rtol=0)
+    torch.testing.assert_close(confidence_c, confidence, atol=1e-5, rtol=0)
+
+
+def test_palette_is_a_histogram_plus_moments():
+    values = torch.tensor([[[0.1, -0.2], [0.3, 0.5], [-0.9, 0.9], [0.1, -0.2]]])  # (1, 4, 2)
+    palette = _palette(values, 4)
+    assert palette.shape == (1, 20)
+    torch.testing.assert_close(palette[0, :16].sum(), torch.tensor(1.0))
+    torch.testing.assert_close(palette[0, 16:18], values[0].mean(0))

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import av
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import vidcolor
 from vidcolor import io
-from vidcolor.encode import EncodeOptions, partial_path
-from vidcolor.errors import EncodeError, ReferenceImageError, VideoOpenError
+from vidcolor.colorize import Colorizer, _to_device
+from vidcolor.encode import EncodeOptions, VideoWriter, partial_path
+from vidcolor.errors import EncodeError, OptionsError, ReferenceImageError, VideoOpenError
 from vidcolor.frames import rgb_to_lab
-from vidcolor.pipeline import PipelineOptions
+from vidcolor.pipeline import PipelineOptions, preset_options
+from vidcolor.temporal import TemporalFilter
+from vidcolor.threads import in_thread
 
 
 def audio_packets(path):
@@ -167,3 +174,101 @@ def test_reference_edge_cases(gray_clip, tmp_path, kind):
         Image.fromarray(colorful_still()).convert("CMYK").save(still)
         out = vidcolor.colorize_video(gray_clip, still, tmp_path / "out.mp4")
         assert mean_chroma(out, every=6) > 5
+
+
+# Speed and scale (issue 7): stages in threads, presets, the GPU path.
+
+class StageFailure(RuntimeError):
+    """Raised on purpose inside one stage."""
+
+
+def _stage_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("vidcolor-") and t.is_alive()]
+
+
+def _fail_at_frame(monkeypatch, stage):
+    """Make one real stage raise StageFailure at frame 5 (the others run unchanged)."""
+    owner, name = {"colorize": (Colorizer, "_colorize_frames"),
+                   "temporal": (TemporalFilter, "step"), "encode": (VideoWriter, "write")}[stage]
+    real = getattr(owner, name)
+
+    def failing(self, item):
+        items = item if isinstance(item, list) else [item]
+        if any(frame.index == 5 for frame in items):
+            raise StageFailure(f"{stage} failed at frame 5")
+        return real(self, item)
+
+    monkeypatch.setattr(owner, name, failing)
+
+
+@pytest.mark.parametrize("stage", ["colorize", "temporal", "encode"])
+def test_an_error_in_any_stage_surfaces_and_stops_every_thread(gray_clip, ref_still, tmp_path,
+                                                               monkeypatch, stage):
+    _fail_at_frame(monkeypatch, stage)
+    out = tmp_path / "out.mp4"
+    with pytest.raises(StageFailure, match=f"{stage} failed at frame 5"):
+        vidcolor.colorize_video(gray_clip, ref_still, out)
+    assert _stage_threads() == []
+    assert not out.exists() and not partial_path(out).exists()
+
+
+def test_threaded_stages_keep_order_count_and_pts(vfr_clip, ref_still, tmp_path):
+    out = vidcolor.colorize_video(vfr_clip, ref_still, tmp_path / "vfr.mkv",
+                                  preset_options("fast"))
+    assert [f.pts for f in io.read_frames(out)] == [f.pts for f in io.read_frames(vfr_clip)]
+    assert _stage_threads() == []
+
+
+def test_a_stage_thread_keeps_order_and_stops_when_closed():
+    def slow_numbers():
+        for i in range(1000):
+            time.sleep(0.001 * (i % 3))
+            yield i
+
+    assert list(in_thread(iter, iter(range(50)), 2, "vidcolor-test")) == list(range(50))
+    stream = in_thread(iter, slow_numbers(), 2, "vidcolor-test")
+    assert [next(stream) for _ in range(10)] == list(range(10))
+    stream.close()
+    assert _stage_threads() == []
+
+
+@pytest.mark.parametrize("preset", ["fast", "best"])
+def test_presets_give_valid_output(gray_clip, ref_still, tmp_path, preset):
+    out = vidcolor.colorize_video(gray_clip, ref_still, tmp_path / f"{preset}.mp4",
+                                  preset_options(preset))
+    assert [f.pts for f in io.read_frames(out)] == [f.pts for f in io.read_frames(gray_clip)]
+    assert mean_chroma(out, every=6) > 5
+    assert audio_packets(out) == audio_packets(gray_clip)
+
+
+def test_preset_options():
+    assert preset_options("balanced") == PipelineOptions()
+    fast, best = preset_options("fast"), preset_options("best")
+    assert fast.colorize.work_side_px < PipelineOptions().colorize.work_side_px
+    assert best.temporal.solver_iterations > PipelineOptions().temporal.solver_iterations
+    assert fast.encode.preset == "veryfast" and preset_options("fast", device="cpu").device == "cpu"
+    with pytest.raises(OptionsError, match="fast"):
+        preset_options("medium")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_batches_with_autocast_match_the_cpu(sample_ref):
+    reference = io.load_still(sample_ref)
+    frames = [np.asarray(Image.fromarray(reference).convert("L").convert("RGB"))] * 6
+    opts = vidcolor.ColorizeOptions(batch_size=3)
+    on_gpu = vidcolor.Colorizer(vidcolor.load_model("match", device="cuda"), reference, opts)
+    on_cpu = vidcolor.Colorizer(vidcolor.load_model("match", device="cpu"), reference, opts)
+    gpu_ab = rgb_to_lab(np.stack(on_gpu.colorize_rgb(frames)))[..., 1:]
+    cpu_ab = rgb_to_lab(np.stack(on_cpu.colorize_rgb(frames)))[..., 1:]
+    assert np.abs(gpu_ab - cpu_ab).mean() < 1.0  # float16 autocast: well under one ab unit
+    assert _to_device(np.zeros((2, 8, 8), np.float32), torch.device("cuda")).is_cuda
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_film_end_to_end(gray_clip, ref_still, tmp_path):
+    out = vidcolor.colorize_video(gray_clip, ref_still, tmp_path / "gpu.mp4",
+                                  PipelineOptions(device="cuda"))
+    assert [f.pts for f in io.read_frames(out)] == [f.pts for f in io.read_frames(gray_clip)]
+    assert mean_chroma(out, every=6) > 5

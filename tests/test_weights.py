@@ -11,7 +11,7 @@ import torch
 
 from vidcolor import weights
 from vidcolor.errors import OptionsError, WeightsError
-from vidcolor.model import MatchNet, NetConfig
+from vidcolor.model import ColorNet, MatchNet, NetConfig
 from vidcolor.weights import (
     available_models,
     backbone_weights_path,
@@ -130,3 +130,40 @@ def test_sha256_is_computed_once_per_file():
     hits = weights._sha256.cache_info().hits
     weights._check_sha256(path, weights.BACKBONE_SHA256, "fix")
     assert weights._sha256.cache_info().hits == hits + 1
+
+
+@pytest.fixture(scope="module")
+def shipped_net():
+    return load_model("net", device="cpu")
+
+
+def test_registry_lists_the_learned_net():
+    assert "net" in available_models()
+
+
+def test_shipped_net_loads_with_its_hash_checked(shipped_net):
+    path, sha256 = weights.shipped_weights_path("net")
+    assert path.name == "colornet.pt" and path.stat().st_size <= 20 * 2**20
+    assert weights._sha256(path, path.stat().st_size, path.stat().st_mtime_ns) == sha256
+    assert isinstance(shipped_net, ColorNet) and shipped_net.config.kind == "net"
+    assert not shipped_net.training
+    assert not any(p.requires_grad for p in shipped_net.parameters())
+    package = torch.load(backbone_weights_path(), map_location="cpu", weights_only=True)
+    for key, value in shipped_net.backbone.state_dict().items():  # the frozen ImageNet backbone
+        assert torch.equal(value, package[key]), key
+
+
+def test_corrupted_shipped_net_is_a_weights_error(tmp_path, monkeypatch):
+    path, _ = weights.shipped_weights_path("net")
+    copy = tmp_path / path.name
+    shutil.copyfile(path, copy)
+    with copy.open("r+b") as f:
+        f.seek(copy.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    monkeypatch.setenv(weights.MODEL_DIR_ENV, str(tmp_path))
+    with pytest.raises(WeightsError, match="corrupted") as excinfo:
+        load_model("net", device="cpu")
+    message = str(excinfo.value)
+    assert str(copy) in message and "reinstall" in message and "\n" not in message

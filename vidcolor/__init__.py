@@ -7,6 +7,8 @@ many frames). Options are frozen dataclasses; every error is a `VidcolorError`.
 
 __version__ = "0.1.0"
 
+# First, before anything imports torch: OpenMP reads its wait policy only when it loads.
+from .runtime import PROCESS_TUNING  # noqa: F401  # isort: skip
 from .colorize import ColorizeOptions, Colorizer
 from .encode import EncodeOptions
 from .errors import (
@@ -17,7 +19,7 @@ from .errors import (
     VideoOpenError,
     WeightsError,
 )
-from .pipeline import PipelineOptions, colorize_image, colorize_video
+from .pipeline import PipelineOptions, colorize_image, colorize_video, preset_options
 from .temporal import TemporalOptions
 from .weights import available_models, load_model
 
@@ -25,5 +27,5 @@ __all__ = [
     "ColorizeOptions", "Colorizer", "EncodeError", "EncodeOptions", "OptionsError",
     "PipelineOptions", "ReferenceImageError", "TemporalOptions", "VidcolorError", "VideoOpenError",
     "WeightsError", "__version__", "available_models", "colorize_image", "colorize_video",
-    "load_model",
+    "load_model", "preset_options",
 ]

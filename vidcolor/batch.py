@@ -375,7 +375,8 @@ class ReelQueue:
                 self._store.delete(record_key("seg", job_id, str(n)))
                 self._enqueue_step(job_id, f"seg:{n}")
             return
-        join_reel(Path(spec["reel"]), paths, out, PipelineOptions.from_dict(spec["options"]))
+        join_reel(Path(spec["reel"]), paths, out, PipelineOptions.from_dict(spec["options"]),
+                  ref=Path(spec["ref"]))
         self._update_state(job_id, state="done", finished_at=time.time())
         if not keep_segments:
             shutil.rmtree(work_dir(out), ignore_errors=True)

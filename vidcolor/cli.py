@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -25,7 +26,8 @@ from .colorize import ColorizeOptions
 from .encode import CHROMA_CHOICES, CODECS, X26X_PRESETS, EncodeOptions
 from .errors import OptionsError, VidcolorError
 from .io import is_still_image
-from .pipeline import DEVICE_CHOICES, PipelineOptions, colorize_video
+from .pipeline import DEVICE_CHOICES, PRESETS, PipelineOptions, colorize_video, preset_options
+from .preview import MAX_PREVIEW_FRAMES, PREVIEW_FRAMES
 from .temporal import TemporalOptions
 from .weights import available_models
 
@@ -36,6 +38,12 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".m4v")  # a default output keeps these containers
+
+PRESET_HELP = ("Speed against quality: fast (about 2x faster than balanced: 192-px instead of 256-px working "
+               "size, a lighter temporal solve, x264 veryfast; colour edges slightly blurrier), balanced (the default), "
+               "best (320-px working size, finer temporal grid, x264 slow; a few times slower, finer colour "
+               "detail). Flags given explicitly (e.g. --encoder-preset) override the preset. "
+               "Measured trade: BENCHMARKS.md.")
 
 app = typer.Typer(add_completion=False, context_settings={"help_option_names": ["-h", "--help"]},
                   rich_markup_mode=None, pretty_exceptions_enable=False)
@@ -68,10 +76,15 @@ def colorize(
     temporal_strength: Annotated[float, typer.Option("--temporal-strength", min=0.0, max=1.0, help="How hard colour is pulled toward the motion-compensated previous frame, 0..1. Higher removes more flicker but may let colour lag on fast motion; 0 turns the stage off.")] = TemporalOptions.strength,
     codec: Annotated[str, typer.Option("--codec", help=f"Video codec: {', '.join(CODECS)} (ffv1 is lossless, prores is 10-bit).")] = EncodeOptions.codec,
     crf: Annotated[int, typer.Option("--crf", min=0, max=51, help="Quality for h264/h265: lower is better and bigger; 18 is visually lossless.")] = EncodeOptions.crf,
-    preset: Annotated[str, typer.Option("--preset", help="x264/x265 speed preset: slower gives smaller files at the same quality.")] = EncodeOptions.preset,
+    preset: Annotated[str, typer.Option("--preset", help=PRESET_HELP)] = "balanced",
+    encoder_preset: Annotated[str | None, typer.Option("--encoder-preset", help=f"x264/x265 speed preset ({', '.join(X26X_PRESETS)}): slower gives smaller files at the same quality. Default: from --preset (veryfast, medium, slow).", show_default=False)] = None,
     chroma: Annotated[str, typer.Option("--chroma", help="Chroma subsampling: 420 (plays everywhere) or 444 (full colour resolution).")] = EncodeOptions.chroma,
     bit_depth: Annotated[int | None, typer.Option("--bit-depth", help="8 or 10 bits per sample. Default: 8 for h264, the input's depth otherwise.", show_default=False)] = None,
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when present, else CPU), cpu or cuda.")] = "auto",
+    preview: Annotated[Path | None, typer.Option("--preview", help="Also write a contact sheet image (.png or .jpg) to check the result at a glance: evenly spaced frames, the input above the output, with the reference.", show_default=False)] = None,
+    preview_frames: Annotated[int, typer.Option("--preview-frames", min=1, max=MAX_PREVIEW_FRAMES, help="How many frames the contact sheet shows.")] = PREVIEW_FRAMES,
+    report: Annotated[Path | None, typer.Option("--report", help="Also write a quality report: per shot colourfulness and colour flicker, with a plot of flicker over time. report.html writes report.json beside it; a .json path writes only the JSON.", show_default=False)] = None,
+    compare: Annotated[Path | None, typer.Option("--compare", help="Also write a side-by-side video (input left, output right, with the sound), e.g. side.mp4, to show before and after.", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; only errors.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks and debug logs (also VIDCOLOR_DEBUG=1).")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
@@ -85,32 +98,55 @@ def colorize(
     debug = debug or os.environ.get("VIDCOLOR_DEBUG", "") not in ("", "0")
     _choice(method, available_models(), "--method")
     _choice(codec, CODECS, "--codec")
-    _choice(preset, X26X_PRESETS, "--preset")
+    _choice_preset(preset, encoder_preset)
     _choice(chroma, CHROMA_CHOICES, "--chroma")
     _choice(device, DEVICE_CHOICES, "--device")
     _setup_logging(quiet, debug)
     with _reported_errors(debug):
         try:
-            opts = PipelineOptions(
-                colorize=ColorizeOptions(method=method),
-                temporal=TemporalOptions(strength=0.0 if no_temporal else temporal_strength),
-                encode=EncodeOptions(codec=codec, crf=crf, preset=preset, chroma=chroma,
-                                     bit_depth=bit_depth),
-                device=device,
-                overwrite=overwrite,
-            )
+            opts = _preset_with_flags(preset, method, device, overwrite,
+                                      0.0 if no_temporal else temporal_strength,
+                                      dict(codec=codec, crf=crf, preset=encoder_preset,
+                                           chroma=chroma, bit_depth=bit_depth))
         except OptionsError as e:
             raise typer.BadParameter(str(e)) from e
-        target = out or default_output(video)
-        colorize_video(video, ref, target, opts, show_progress=not quiet)
+        target = out or default_output(video, codec)
+        colorize_video(video, ref, target, opts, show_progress=not quiet, preview=preview,
+                       preview_frames=preview_frames, report=report, compare=compare)
         typer.echo(str(target))
 
 
-def default_output(video: Path) -> Path:
-    """VIDEO.color.EXT beside the input: .png for photos, the input's container for films."""
+def _choice_preset(preset: str, encoder_preset: str | None) -> None:
+    if preset not in PRESETS and preset in X26X_PRESETS:
+        raise typer.BadParameter(f"{preset!r} is not one of {', '.join(PRESETS)}; x264/x265 "
+                                 f"presets are set with --encoder-preset", param_hint="--preset")
+    _choice(preset, PRESETS, "--preset")
+    if encoder_preset is not None:
+        _choice(encoder_preset, X26X_PRESETS, "--encoder-preset")
+
+
+def _preset_with_flags(preset: str, method: str, device: str, overwrite: bool,
+                       temporal_strength: float, encode: dict) -> PipelineOptions:
+    """The speed preset's options, then every flag given explicitly on top (None: not given)."""
+    base = preset_options(preset, method, device=device, overwrite=overwrite)
+    given = {name: value for name, value in encode.items() if value is not None}
+    return replace(base, temporal=replace(base.temporal, strength=temporal_strength),
+                   encode=replace(base.encode, **given))
+
+
+# Containers that hold each archival codec; the delivery codecs go in any of VIDEO_SUFFIXES.
+CODEC_CONTAINERS = {"prores": (".mov", ".mkv"), "ffv1": (".mkv",)}
+
+
+def default_output(video: Path, codec: str = "h264") -> Path:
+    """VIDEO.color.EXT beside the input: .png for photos; for films the input's container, or
+    the first container that can hold `codec` (ProRes: .mov, FFV1: .mkv) when it cannot."""
     if video.is_file() and is_still_image(video):
         return video.with_name(f"{video.stem}.color.png")
     suffix = video.suffix.lower() if video.suffix.lower() in VIDEO_SUFFIXES else ".mkv"
+    fitting = CODEC_CONTAINERS.get(codec, VIDEO_SUFFIXES)
+    if suffix not in fitting:
+        suffix = fitting[0]
     return video.with_name(f"{video.stem}.color{suffix}")
 
 
@@ -167,7 +203,8 @@ def queue_add(
     temporal_strength: Annotated[float, typer.Option("--temporal-strength", min=0.0, max=1.0, help="Temporal-consistency strength, 0..1; 0 turns the stage off.")] = TemporalOptions.strength,
     codec: Annotated[str, typer.Option("--codec", help=f"Video codec: {', '.join(CODECS)}.")] = EncodeOptions.codec,
     crf: Annotated[int, typer.Option("--crf", min=0, max=51, help="Quality for h264/h265: lower is better.")] = EncodeOptions.crf,
-    preset: Annotated[str, typer.Option("--preset", help="x264/x265 speed preset.")] = EncodeOptions.preset,
+    preset: Annotated[str, typer.Option("--preset", help=f"Speed against quality: {', '.join(PRESETS)} (see vidcolor --help).")] = "balanced",
+    encoder_preset: Annotated[str | None, typer.Option("--encoder-preset", help="x264/x265 speed preset. Default: from --preset.", show_default=False)] = None,
     chroma: Annotated[str, typer.Option("--chroma", help="Chroma subsampling: 420 or 444.")] = EncodeOptions.chroma,
     bit_depth: Annotated[int | None, typer.Option("--bit-depth", help="8 or 10 bits per sample.", show_default=False)] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda (on the worker).")] = "auto",
@@ -178,23 +215,23 @@ def queue_add(
     """Queue reels. The same reel with the same settings is reported, not queued twice."""
     debug = _debug_on(debug)
     for value, choices, flag in ((method, available_models(), "--method"), (codec, CODECS, "--codec"),
-                                 (preset, X26X_PRESETS, "--preset"), (chroma, CHROMA_CHOICES, "--chroma"),
+                                 (chroma, CHROMA_CHOICES, "--chroma"),
                                  (device, DEVICE_CHOICES, "--device")):
         _choice(value, choices, flag)
+    _choice_preset(preset, encoder_preset)
     _setup_logging(False, debug)
     try:
-        opts = PipelineOptions(
-            colorize=ColorizeOptions(method=method),
-            temporal=TemporalOptions(strength=0.0 if no_temporal else temporal_strength),
-            encode=EncodeOptions(codec=codec, crf=crf, preset=preset, chroma=chroma, bit_depth=bit_depth),
-            device=device, overwrite=overwrite)
+        opts = _preset_with_flags(preset, method, device, overwrite,
+                                  0.0 if no_temporal else temporal_strength,
+                                  dict(codec=codec, crf=crf, preset=encoder_preset, chroma=chroma,
+                                       bit_depth=bit_depth))
     except OptionsError as e:
         raise typer.BadParameter(str(e)) from e
     refused = 0
     with _reported_errors(debug):
         reel_queue = _open_queue(queue)
         for reel in reels:
-            out = default_output(reel)
+            out = default_output(reel, codec)
             out = out_dir / out.name if out_dir is not None else out
             try:
                 result = reel_queue.add(reel, ref, out, opts, segment_frames=segment_frames)

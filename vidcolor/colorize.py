@@ -8,6 +8,8 @@ It does no file I/O and no temporal smoothing; the model is built by `weights.lo
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import logging
 from collections.abc import Iterable, Iterator
@@ -21,7 +23,7 @@ from torch import nn
 from . import frames
 from .errors import OptionsError, ReferenceImageError
 from .frames import Frame
-from .model import MODEL_KINDS, MatchReference, check_grid_stride
+from .model import MODEL_KINDS, MatchReference, NetReference, check_grid_stride
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ MAX_BATCH_SIZE = 256  # frames per network call; a sanity bound, not a tuning va
 class ColorizeOptions:
     """Per-run knobs of the colouriser. Derive variants with `dataclasses.replace`."""
 
-    method: str = "match"  # colouriser: "match" = training-free exemplar matching
+    method: str = "match"  # colouriser: "match" (training-free matching) or "net" (learned)
     work_side_px: int = 256  # long side of the image the network sees, px (rounded to 16)
     feature_stride_px: int | None = None  # matching grid stride, working px; None = model default
     batch_size: int = 4  # frames per network call
@@ -96,6 +98,7 @@ class Colorizer:
         self._luma_lut = _make_luma_lut()
         self._max_chroma = _max_chroma_table()
         self._buffers: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
+        self._reference_rgb = reference_rgb  # kept to re-encode after a fall back to the CPU
         with torch.inference_mode():
             self.reference = self._encode_reference(reference_rgb)
 
@@ -151,7 +154,7 @@ class Colorizer:
         colors = self.colorize_rgb([frame.source for frame in batch])
         return [frame.with_color(color) for frame, color in zip(batch, colors, strict=True)]
 
-    def _encode_reference(self, reference_rgb: np.ndarray) -> MatchReference:
+    def _encode_reference(self, reference_rgb: np.ndarray) -> MatchReference | NetReference:
         """Check the reference still and encode it at the working resolution."""
         _check_reference(reference_rgb)
         lab = frames.rgb_to_lab(reference_rgb)  # (H, W, 3) float32, once per run
@@ -171,9 +174,9 @@ class Colorizer:
         per-channel lookup tables, one weighted sum, one cube root. Returns (H, W) float32."""
         linear_y = cv2.transform(cv2.LUT(rgb, self._luma_lut), np.ones((1, 3), np.float32))
         y = torch.from_numpy(linear_y)  # (H, W) float32 linear Y in [0, 1]
-        # frames' private constants: one definition of the CIE maths for the whole package.
+        # frames' constants: one definition of the CIE maths for the whole package.
         luma = torch.where(
-            y > frames._LAB_EPSILON, y.pow(1.0 / 3.0) * 1.16 - 0.16, y * (frames._LAB_KAPPA / 100)
+            y > frames.LAB_EPSILON, y.pow(1.0 / 3.0) * 1.16 - 0.16, y * (frames.LAB_KAPPA / 100)
         )
         return luma.numpy()
 
@@ -182,10 +185,7 @@ class Colorizer:
         work = np.stack(
             [cv2.resize(luma, shape[::-1], interpolation=cv2.INTER_AREA) for luma in lumas]
         )  # (B, h, w) float32 luminance
-        with torch.inference_mode():
-            work_t = torch.from_numpy(work).unsqueeze(1).to(self.device)  # (B, 1, h, w)
-            ab_grid = self.model(work_t, self.reference)  # (B, 2, h / s, w / s)
-            ab_grid = ab_grid.permute(0, 2, 3, 1).float().cpu().numpy()  # (B, h/s, w/s, 2)
+        ab_grid = self._network_ab(work)  # (B, h/s, w/s, 2)
         outputs = []
         for luma, luma_work, ab in zip(lumas, work, ab_grid, strict=True):
             ab_work = cv2.resize(ab, shape[::-1], interpolation=cv2.INTER_LINEAR)
@@ -194,6 +194,42 @@ class Colorizer:
             )
             outputs.append(self._compose(luma, coef))
         return outputs
+
+    def _network_ab(self, work: np.ndarray) -> np.ndarray:
+        """(B, h, w) float32 luminance -> (B, h/s, w/s, 2) float32 ab from the network.
+
+        CUDA out of memory is never passed over silently (a peer returns uncoloured frames):
+        the batch is split in halves, and later batches keep the smaller size; if even one
+        frame does not fit, the model and reference move to the CPU with a warning.
+        """
+        try:
+            with torch.inference_mode():
+                work_t = _to_device(work, self.device)  # (B, 1, h, w)
+                with _autocast(self.device):
+                    ab_grid = self.model(work_t, self.reference)  # (B, 2, h / s, w / s)
+                return ab_grid.permute(0, 2, 3, 1).float().cpu().numpy()
+        except torch.OutOfMemoryError:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(work) > 1:
+                half = len(work) // 2
+                logger.warning(
+                    "%s out of memory with %d frames per batch; retrying with %d",
+                    self.device, len(work), half,
+                )
+                self.opts = dataclasses.replace(self.opts, batch_size=half)
+                halves = self._network_ab(work[:half]), self._network_ab(work[half:])
+                return np.concatenate(halves)
+            if self.device.type == "cpu":
+                raise
+            logger.warning(
+                "%s out of memory for a single frame; continuing on the CPU (slower)", self.device
+            )
+            self.model = self.model.to("cpu")
+            self.device = torch.device("cpu")
+            with torch.inference_mode():
+                self.reference = self._encode_reference(self._reference_rgb)
+            return self._network_ab(work)
 
     def _compose(self, luma: np.ndarray, coef: np.ndarray) -> np.ndarray:
         """Fast guided upsampling (ab = A * L + B at full size) and Lab -> uint8 RGB.
@@ -233,6 +269,26 @@ class Colorizer:
                 )
             }
         return self._buffers[(height, width)]
+
+
+def _to_device(work: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(B, h, w) float32 host luminance -> (B, 1, h, w) on `device`.
+
+    On CUDA the batch goes through pinned (page-locked) memory with a non-blocking copy: the
+    DMA transfer needs no staging copy, and the network's first kernels queue behind it.
+    """
+    tensor = torch.from_numpy(work).unsqueeze(1)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """float16 autocast on CUDA (tensor cores; softmax and reductions stay float32 under
+    autocast); nothing on the CPU, where float32 is what the kernels are fast at."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.float16)
 
 
 def _make_luma_lut() -> np.ndarray:

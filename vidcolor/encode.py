@@ -21,7 +21,7 @@ from pathlib import Path
 
 import av
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from .errors import EncodeError, OptionsError
 from .frames import Frame, VideoInfo
@@ -128,12 +128,14 @@ def container_format(out: Path) -> str:
     return fmt
 
 
-def write_still(out: Path, rgb: np.ndarray) -> Path:
+def write_still(out: Path, rgb: np.ndarray, comment: str | None = None) -> Path:
     """Save one coloured image atomically; the format follows the extension.
 
     Args:
         out: target file (.png, .jpg, .tif, .webp, ...).
         rgb: (H, W, 3) uint8 RGB.
+        comment: text stored in the file's metadata (PNG "Comment" text chunk, JPEG comment);
+            other formats are written without it.
     """
     image_format = Image.registered_extensions().get(Path(out).suffix.lower())
     if image_format is None:
@@ -141,6 +143,7 @@ def write_still(out: Path, rgb: np.ndarray) -> Path:
     partial = partial_path(Path(out))
     try:
         save_args = {"quality": 95} if image_format in ("JPEG", "WEBP") else {}
+        save_args.update(_still_comment(image_format, comment))
         Image.fromarray(rgb).save(partial, format=image_format, **save_args)
         os.replace(partial, out)
     except OSError as e:
@@ -161,19 +164,21 @@ class VideoWriter:
         info: the input's VideoInfo (size, timing, range, matrix, rotation, aspect).
         audio_from: file whose audio streams are stream-copied, or None for no audio.
         opts: EncodeOptions.
+        metadata: container-level tags to write (key -> text), e.g. {"comment": "..."}.
 
     Raises:
         EncodeError: bad container, codec/container mismatch, write failure, audio mismatch.
     """
 
     def __init__(self, out: Path, info: VideoInfo, audio_from: Path | None = None,
-                 opts: EncodeOptions | None = None) -> None:
+                 opts: EncodeOptions | None = None, metadata: dict[str, str] | None = None) -> None:
         self.out = Path(out)
         self.info = info
         self.opts = opts or EncodeOptions()
         self.pix_fmt, self.bit_depth = choose_pix_fmt(self.opts, info)
         self._partial = partial_path(self.out)
         self._audio_from = audio_from
+        self._metadata = dict(metadata or {})
         self._container: av.container.OutputContainer | None = None
         self._audio: _AudioCopier | None = None
         self._frames_written = 0
@@ -186,6 +191,7 @@ class VideoWriter:
             self._stream = self._add_video_stream()
             if self._audio_from is not None:
                 self._audio = _AudioCopier(self._audio_from, self._container, self.out)
+            self._container.metadata.update(self._metadata)
             self._container.start_encoding()
         except BaseException as e:
             self._abort()
@@ -289,6 +295,17 @@ class VideoWriter:
             raise EncodeError(f"Cannot write '{self.out}': {e}") from e
 
 
+def _still_comment(image_format: str, comment: str | None) -> dict:
+    """Pillow save arguments that store `comment` in a PNG or JPEG file (nothing otherwise)."""
+    if comment is None:
+        return {}
+    if image_format == "PNG":
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Comment", comment)
+        return {"pnginfo": info}
+    return {"comment": comment} if image_format == "JPEG" else {}
+
+
 def check_audio_fits(src: Path, out: Path) -> None:
     """Fail now, before any work, if an audio stream of `src` cannot go into OUT's container.
 
@@ -299,7 +316,8 @@ def check_audio_fits(src: Path, out: Path) -> None:
         _AudioCopier(src, trial, Path(out)).close()
 
 
-def join_segments(segments: list[Path], out: Path, audio_from: Path | None = None) -> int:
+def join_segments(segments: list[Path], out: Path, audio_from: Path | None = None,
+                  metadata: dict[str, str] | None = None) -> int:
     """Put encoded segment files end to end into OUT, packet for packet, with the input's audio.
 
     Each segment is a video-only file that VideoWriter wrote with the same EncodeOptions and
@@ -311,6 +329,7 @@ def join_segments(segments: list[Path], out: Path, audio_from: Path | None = Non
         segments: segment files in playing order, all in OUT's container format.
         out: final output path.
         audio_from: file whose audio (and subtitle) streams are copied, or None.
+        metadata: container-level tags to write (key -> text), as in VideoWriter.
 
     Returns:
         The number of video packets (frames) written.
@@ -334,6 +353,7 @@ def join_segments(segments: list[Path], out: Path, audio_from: Path | None = Non
             signature = _segment_signature(template)
         if audio_from is not None:
             audio = _AudioCopier(Path(audio_from), container, out)
+        container.metadata.update(metadata or {})
         container.start_encoding()
         last_dts = [None]  # the previous packet's dts, carried across segments
         count = sum(_copy_segment(Path(p), container, stream, audio, signature, last_dts)

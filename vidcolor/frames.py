@@ -21,8 +21,8 @@ _RGB_TO_XYZ = np.array(
     dtype=np.float32,
 )
 _XYZ_TO_RGB = np.linalg.inv(_RGB_TO_XYZ).astype(np.float32)
-_LAB_EPSILON = 216.0 / 24389.0  # CIE constant: below it the cube root is replaced by a line
-_LAB_KAPPA = 24389.0 / 27.0
+LAB_EPSILON = 216.0 / 24389.0  # CIE constant: below it the cube root is replaced by a line
+LAB_KAPPA = 24389.0 / 27.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +113,7 @@ def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """
     rgb_f = rgb.astype(np.float32) / 255.0 if rgb.dtype == np.uint8 else rgb.astype(np.float32)
     xyz = srgb_to_linear(rgb_f) @ _RGB_TO_XYZ.T / _WHITE_XYZ
-    f = np.where(xyz > _LAB_EPSILON, np.cbrt(xyz), (_LAB_KAPPA * xyz + 16.0) / 116.0)
+    f = np.where(xyz > LAB_EPSILON, np.cbrt(xyz), (LAB_KAPPA * xyz + 16.0) / 116.0)
     lab = np.empty_like(f)
     lab[..., 0] = 116.0 * f[..., 1] - 16.0
     lab[..., 1] = 500.0 * (f[..., 0] - f[..., 1])
@@ -133,7 +133,7 @@ def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
     lab = lab.astype(np.float32)
     fy = (lab[..., 0] + 16.0) / 116.0
     f = np.stack([fy + lab[..., 1] / 500.0, fy, fy - lab[..., 2] / 200.0], axis=-1)
-    xyz = np.where(f**3 > _LAB_EPSILON, f**3, (116.0 * f - 16.0) / _LAB_KAPPA) * _WHITE_XYZ
+    xyz = np.where(f**3 > LAB_EPSILON, f**3, (116.0 * f - 16.0) / LAB_KAPPA) * _WHITE_XYZ
     return to_uint8(linear_to_srgb(xyz @ _XYZ_TO_RGB.T))
 
 
@@ -147,7 +147,7 @@ def rgb_to_luma(rgb: np.ndarray) -> np.ndarray:
         (H, W) float32 in [0, 1] (L / 100).
     """
     linear_y = srgb_to_linear(rgb.astype(np.float32) / 255.0) @ _RGB_TO_XYZ[1]
-    f = np.where(linear_y > _LAB_EPSILON, np.cbrt(linear_y), (_LAB_KAPPA * linear_y + 16.0) / 116.0)
+    f = np.where(linear_y > LAB_EPSILON, np.cbrt(linear_y), (LAB_KAPPA * linear_y + 16.0) / 116.0)
     return ((116.0 * f - 16.0) / 100.0).astype(np.float32)
 
 

@@ -11,8 +11,6 @@ import dataclasses
 import heapq
 import logging
 import os
-import queue
-import threading
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -23,6 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ReferenceImageError, VideoOpenError
 from .frames import Frame, VideoInfo
+from .threads import in_thread
 
 logger = logging.getLogger(__name__)
 
@@ -78,54 +77,7 @@ def read_frames(path: Path, prefetch: int = DECODE_QUEUE_FRAMES) -> Iterator[Fra
         VideoOpenError: the file cannot be opened or is corrupt beyond repair.
     """
     frames = _decode_frames(Path(path))
-    return _in_background(frames, prefetch) if prefetch > 0 else frames
-
-
-def _in_background(items: Iterator[Frame], depth: int) -> Iterator[Frame]:
-    """Run the generator `items` in a thread, `depth` items ahead; errors reach the consumer."""
-    slots: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def offer(item) -> bool:
-        while not stop.is_set():
-            try:
-                slots.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not offer(item):
-                    return
-            offer(_END)
-        except BaseException as e:  # handed to the consumer, raised there with its traceback
-            offer(_Failure(e))
-        finally:
-            items.close()  # release the container in the thread that used it
-
-    worker = threading.Thread(target=produce, name="vidcolor-decode", daemon=True)
-    worker.start()
-    try:
-        while (item := slots.get()) is not _END:
-            if isinstance(item, _Failure):
-                raise item.error
-            yield item
-    finally:
-        stop.set()
-        worker.join()
-
-
-class _Failure:
-    """An exception travelling from the decode thread to the consumer."""
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-_END = object()  # end-of-stream marker on the decode queue
+    return in_thread(iter, frames, prefetch, "vidcolor-decode") if prefetch > 0 else frames
 
 
 def _decode_frames(path: Path) -> Iterator[Frame]:

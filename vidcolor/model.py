@@ -8,6 +8,7 @@ knows nothing of frames, uint8 images or devices: `weights.py` builds and loads,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -333,8 +334,8 @@ class NetReference:
     """A reference still encoded once by `ColorNet.encode_reference`.
 
     Attributes:
-        keys: (1, N, K + 2) float, learned keys of the N reference grid positions plus two
-            luminance channels (the luminance term as in `MatchNet`).
+        keys: (1, N, K + 3) float, learned keys of the N reference grid positions plus three
+            luminance channels (the query . key product includes MatchNet's luminance term).
         values: (1, N, 2) float, Lab a and b / AB_SCALE of each position (grid-cell mean).
         palette: (1, P) float, the global colour embedding input (ab histogram, mean, std).
         grid_stride_px: grid stride the reference was encoded at (always the config's).
@@ -412,13 +413,13 @@ class ColorNet(nn.Module):
             features: (B, F, h, w) projected hypercolumns; luma: (B, 1, h, w) cell-mean
                 luminance in [0, 1]; ab: (B, 2, h, w) cell-mean Lab ab / AB_SCALE.
         """
-        weight = self.luma_weight
-        keys = self.key(_positions(features))  # (B, N, K)
+        weight = self.luma_weight.clamp(min=0.0)
         luma_n = _positions(luma)  # (B, N, 1)
-        keys = torch.cat([keys, (2.0 * weight).clamp(min=0).sqrt() * luma_n,
-                          -weight * luma_n * luma_n], -1)
+        keys = [self.key(_positions(features)), (2.0 * weight).sqrt() * luma_n,
+                -weight * luma_n * luma_n, torch.ones_like(luma_n)]
         values = _positions(ab)  # (B, N, 2)
-        return NetReference(keys, values, _palette(values, self.config.palette_bins), stride)
+        palette = _palette(values, self.config.palette_bins)
+        return NetReference(torch.cat(keys, -1), values, palette, stride)
 
     def forward(self, target_luma: torch.Tensor, reference: NetReference) -> torch.Tensor:
         """Predict ab for a target batch at half the working resolution.
@@ -436,7 +437,11 @@ class ColorNet(nn.Module):
         return self.decode(features, target_luma, reference)[0] * AB_SCALE
 
     def decode(
-        self, features: torch.Tensor, target_luma: torch.Tensor, reference: NetReference
+        self,
+        features: torch.Tensor,
+        target_luma: torch.Tensor,
+        reference: NetReference,
+        crop: tuple[int, int, int, int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Attention, confidence and decoder from projected target features.
 
@@ -444,23 +449,35 @@ class ColorNet(nn.Module):
             features: (B, F, h, w) projected hypercolumns of the target on the stride-4 grid.
             target_luma: (B, 1, 4h, 4w) float luminance in [0, 1].
             reference: one reference (batch 1, shared) or one per target (batch B).
+            crop: (top, left, height, width) in grid cells: decode only this window (training
+                does, to save time); the reverse check still sees the whole target.
 
         Returns:
-            Predicted and warped ab / AB_SCALE, both (B, 2, 2h, 2w) float.
+            Predicted and warped ab / AB_SCALE, both (B, 2, 2h, 2w) float (of the crop).
         """
         batch, _, height, width = features.shape
         luma_grid = F.adaptive_avg_pool2d(target_luma, (height, width))  # (B, 1, h, w)
-        query = self.query(_positions(features))  # (B, M, K)
-        weight = self.luma_weight
-        luma_q = _positions(luma_grid)  # (B, M, 1)
-        query = torch.cat([query, (2.0 * weight).clamp(min=0).sqrt() * luma_q,
-                           torch.ones_like(luma_q)], -1)
-        scores = query @ reference.keys.transpose(1, 2)  # (B, M, N) similarity + w l^2
-        scores = scores - weight * luma_q * luma_q  # similarity, luminance term complete
-        warped, confidence = _attend(scores, self.log_temperature.exp(), reference.values)
-        grid = (height, width)
-        warped = warped.transpose(1, 2).reshape(batch, 2, *grid)  # (B, 2, h, w)
-        confidence = confidence.transpose(1, 2).reshape(batch, 3, *grid)
+        weight = self.luma_weight.clamp(min=0.0)
+        luma_q = luma_grid.permute(0, 2, 3, 1)  # (B, h, w, 1)
+        # query . key = feature similarity - weight * (luma - luma')^2
+        query = torch.cat([self.query(features.permute(0, 2, 3, 1)),
+                           (2.0 * weight).sqrt() * luma_q, torch.ones_like(luma_q),
+                           -weight * luma_q * luma_q], -1)  # (B, h, w, D)
+        col_query = query[:, ::2, ::2].reshape(batch, -1, query.shape[-1])
+        if crop is not None:
+            top, left, height, width = crop
+            rows, cols = slice(top, top + height), slice(left, left + width)
+            px = target_luma.shape[-1] // features.shape[-1]  # grid stride
+            query, features = query[:, rows, cols], features[..., rows, cols]
+            luma_grid = luma_grid[..., rows, cols]
+            target_luma = target_luma[..., px * top : px * (top + height),
+                                      px * left : px * (left + width)]
+        warped, confidence = _attend(
+            query.reshape(batch, height * width, -1), col_query, reference.keys,
+            reference.values, self.log_temperature.exp(),
+        )
+        warped = warped.transpose(1, 2).reshape(batch, 2, height, width)  # (B, 2, h, w)
+        confidence = confidence.transpose(1, 2).reshape(batch, 3, height, width)
         palette = reference.palette.expand(batch, -1)
         return self.decoder(features, luma_grid, target_luma, warped, confidence, palette)
 
@@ -475,33 +492,81 @@ class ColorNet(nn.Module):
 
 
 def _attend(
-    scores: torch.Tensor, temperature: torch.Tensor, values: torch.Tensor
+    query: torch.Tensor,
+    col_query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    temperature: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax attention over (B, M, N) similarities and its confidence.
+    """Softmax attention of target on reference positions, and its confidence.
 
     Args:
-        scores: (B, M, N) similarity of each target position to each reference position.
-        temperature: () softmax temperature.
+        query: (B, M, D) target positions; keys: (B or 1, N, D) reference positions;
+            query . key is their similarity.
+        col_query: (B, M', D) the target positions the reverse check compares with: every
+            other row and column of the whole target grid.
         values: (B or 1, N, 2) reference ab / AB_SCALE.
+        temperature: () softmax temperature.
 
     Returns:
         (B, M, 2) warped ab / AB_SCALE and (B, M, 3) confidence: best similarity, attention
-        entropy / log N in [0, 1], and the attention-weighted reverse check
-        sum_j A_ij (s_ij - max_i' s_i'j) / temperature / 10, <= 0 (0: mutual best match).
+        entropy / log N in [0, 1], and the reverse check sum_j A_ij (z_ij - max_i' z_i'j) / 10
+        with z = similarity / temperature and i' over `col_query` (cheaper than all target
+        positions): <= 0 roughly, 0 when the match is mutual.
     """
-    logits = scores / temperature  # (B, M, N)
-    row_max = logits.amax(2, keepdim=True)  # (B, M, 1)
-    col_max = logits.amax(1, keepdim=True)  # (B, 1, N)
-    exp = (logits - row_max).exp()
-    total = exp.sum(2, keepdim=True)  # (B, M, 1)
-    attn = exp / total
-    warped = attn @ values  # (B, M, 2)
-    mean_logit = (attn * logits).sum(2, keepdim=True)  # (B, M, 1)
-    entropy = (row_max + total.log() - mean_logit) / torch.log(torch.tensor(float(
-        scores.shape[2])))
-    reverse = (mean_logit - attn @ col_max.transpose(1, 2)) / 10.0
-    best = row_max * temperature
-    return warped, torch.cat([best, entropy, reverse], -1)
+    query = query / temperature
+    col_max = (col_query @ keys.transpose(1, 2)).amax(1, keepdim=True)  # (B, 1, N)
+    col_max = col_max / temperature
+    if torch.is_grad_enabled():
+        logits = query @ keys.transpose(1, 2)  # (B, M, N)
+        row_max = logits.amax(2, keepdim=True)  # (B, M, 1)
+        exp = (logits - row_max).exp()
+        total = exp.sum(2, keepdim=True)
+        attn = exp / total
+        warped = attn @ values  # (B, M, 2)
+        mean_logit = (attn * logits).sum(2, keepdim=True)
+        reverse = mean_logit - attn @ col_max.transpose(1, 2)
+    else:
+        row_max, total, warped, mean_logit, reverse = _attend_chunks(query, keys, values, col_max)
+    entropy = (row_max + total.log() - mean_logit) / math.log(keys.shape[1])
+    return warped, torch.cat([row_max * temperature, entropy, reverse / 10.0], -1)
+
+
+def _attend_chunks(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, col_max: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """`_attend`'s inference path: ATTENTION_ROWS target rows at a time, in two reused
+    buffers that stay in cache (a full (B, M, N) softmax costs several trips to memory).
+
+    Returns (B, M, 1) row max, (B, M, 1) sum of exp, (B, M, 2) warped values, (B, M, 1) mean
+    logit and (B, M, 1) attention-weighted (logit - column max), as `_attend` needs them.
+    """
+    batch, n_query, _ = query.shape
+    n_keys = keys.shape[1]
+    out = query.new_empty(batch, n_query, 6)  # row max, total, a, b, mean logit, reverse
+    rows = min(ATTENTION_ROWS, n_query)
+    logits_buf = query.new_empty(rows * n_keys)
+    exp_buf = query.new_empty(rows * n_keys)
+    for b in range(batch):
+        keys_t = keys[min(b, len(keys) - 1)].T.contiguous()  # (D, N)
+        ab_one = torch.cat([values[min(b, len(values) - 1)], torch.ones_like(
+            values[0, :, :1]), col_max[b].T], 1)  # (N, 4): a, b, 1, column max
+        for start in range(0, n_query, rows):
+            q = query[b, start : start + rows]
+            logits = logits_buf[: len(q) * n_keys].view(len(q), n_keys)
+            exp = exp_buf[: len(q) * n_keys].view(len(q), n_keys)
+            torch.mm(q, keys_t, out=logits)
+            row_max = logits.amax(1, keepdim=True)
+            torch.sub(logits, row_max, out=exp).exp_()
+            sums = exp @ ab_one  # (rows, 4)
+            logits.mul_(exp)
+            total = sums[:, 2:3]
+            mean_logit = logits.sum(1, keepdim=True) / total
+            chunk = out[b, start : start + rows]
+            chunk[:, :1], chunk[:, 1:2], chunk[:, 2:4] = row_max, total, sums[:, :2] / total
+            chunk[:, 4:5] = mean_logit
+            chunk[:, 5:6] = mean_logit - sums[:, 3:4] / total
+    return out[..., :1], out[..., 1:2], out[..., 2:4], out[..., 4:5], out[..., 5:6]
 
 
 def _palette(values: torch.Tensor, bins: int) -> torch.Tensor:
@@ -538,15 +603,19 @@ class _Decoder(nn.Module):
             _conv(width, width),
         )
         self.down = _conv(width, wide)
-        self.palette = nn.Sequential(
-            nn.Linear(cfg.palette_bins**2 + 4, width), nn.ReLU(inplace=True),
+        self.palette = nn.Sequential(  # reference palette + image-wide confidence statistics
+            nn.Linear(cfg.palette_bins**2 + 4 + 6, width), nn.ReLU(inplace=True),
             nn.Linear(width, wide),
         )
         self.middle = _conv(wide, wide)
         self.up = _conv(wide + width, width)
         self.fine = nn.Sequential(_conv(width + 3, narrow), _conv(narrow, narrow))
         self.out = nn.Conv2d(narrow, 3, 3, padding=1)
-        nn.init.zeros_(self.out.weight)
+        for module in self.modules():  # He init: PyTorch's default shrinks ReLU stacks ~6x a layer
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+        nn.init.zeros_(self.out.weight)  # starts as the warped ab exactly
         nn.init.zeros_(self.out.bias)
 
     def forward(self, features, luma_grid, target_luma, warped, confidence, palette):
@@ -554,7 +623,10 @@ class _Decoder(nn.Module):
         (B, 3, h, w), (B, P). Returns predicted and warped ab / AB_SCALE, (B, 2, 2h, 2w)."""
         x4 = self.enter(torch.cat([features, warped, confidence, luma_grid], 1))
         x8 = self.down(F.avg_pool2d(x4, 2))  # (B, wide, h/2, w/2)
-        x8 = self.middle(x8 + self.palette(palette)[:, :, None, None])
+        # Whether the reference fits this image at all is a global question: the mean and
+        # spread of the confidence maps answer it (an unrelated reference should fade to grey).
+        stats = torch.cat([palette, confidence.mean((2, 3)), confidence.std((2, 3))], 1)
+        x8 = self.middle(x8 + self.palette(stats)[:, :, None, None])
         up = F.interpolate(x8, size=x4.shape[-2:], mode="bilinear", align_corners=False)
         x4 = self.up(torch.cat([up, x4], 1))
         size = (2 * x4.shape[-2], 2 * x4.shape[-1])

@@ -8,6 +8,7 @@ before any work starts, and it owns the progress bar. It prints nothing.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import io
+from .byproducts import ExtrasRequest, RunExtras, RunIdentity, check_extras
 from .colorize import ColorizeOptions, Colorizer
 from .encode import (
     EncodeOptions,
@@ -32,8 +34,11 @@ from .encode import (
 )
 from .errors import OptionsError, VideoOpenError
 from .frames import Frame, VideoInfo
+from .preview import PREVIEW_FRAMES
+from .provenance import TAG_KEY
 from .temporal import TemporalFilter, TemporalOptions, histogram_distance, shot_luma_histogram
-from .weights import load_model
+from .threads import in_thread
+from .weights import backbone_weights_path, load_model, shipped_weights_path
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +46,18 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 TRUNCATED_FRACTION = 0.9  # fewer decoded frames than this share of the header's count: warn
 COLOUR_INPUT_SPREAD = 6.0  # mean |R-G|+|G-B| (0..510) above which an input counts as colour
 SURE_CUT_MARGIN = 0.02  # histogram distance (0..1) beyond the temporal cut threshold: a sure cut
+STAGE_QUEUE_FRAMES = 4  # frames waiting between two stages: lets them overlap, bounds memory
+# Speed presets: the knobs each one sets; everything else keeps its Options default. "balanced"
+# is the defaults themselves. The measured trade is in BENCHMARKS.md ("Speed and scale").
+PRESETS = {
+    "fast": {"colorize": {"work_side_px": 192},  # (256/192)^2 = 1.8x fewer matching positions
+             "temporal": {"flow_max_side_px": 256, "solver_iterations": 2},
+             "encode": {"preset": "veryfast"}},
+    "balanced": {"colorize": {}, "temporal": {}, "encode": {}},
+    "best": {"colorize": {"work_side_px": 320},
+             "temporal": {"flow_max_side_px": 480, "solver_iterations": 6},
+             "encode": {"preset": "slow"}},
+}
 
 
 @dataclass(frozen=True)
@@ -74,12 +91,45 @@ class PipelineOptions:
                       if f.default_factory is not MISSING else data[f.name] for f in fields(cls)})
 
 
+def preset_options(preset: str = "balanced", method: str = ColorizeOptions.method, *,
+                   device: str = "auto", overwrite: bool = False) -> PipelineOptions:
+    """The options of a speed preset, to refine with `dataclasses.replace`.
+
+    "fast" colourises at a 192-px working size instead of 256 (1.8x fewer matching positions),
+    runs the temporal stage on a 256-px grid with 2 solver iterations and encodes with x264
+    "veryfast": about twice as fast, colour edges slightly blurrier.
+    "balanced" (the default) is the Options defaults. "best" colourises at a 320-px working
+    size, runs the temporal stage on a 480-px grid with 6 iterations and encodes with x264
+    "slow" (smaller files): a few times slower, for finer colour detail.
+
+    Args:
+        preset: one of PRESETS.
+        method: colouriser, one of `available_models()`.
+        device: "auto", "cpu" or "cuda".
+        overwrite: replace an existing output.
+
+    Raises:
+        OptionsError: an unknown preset (the choices are listed).
+    """
+    if preset not in PRESETS:
+        raise OptionsError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
+    knobs = PRESETS[preset]
+    return PipelineOptions(colorize=ColorizeOptions(method=method, **knobs["colorize"]),
+                           temporal=TemporalOptions(**knobs["temporal"]),
+                           encode=EncodeOptions(**knobs["encode"]),
+                           device=device, overwrite=overwrite)
+
+
 def colorize_video(src: Path, ref: Path, out: Path, opts: PipelineOptions | None = None, *,
-                   model=None, show_progress: bool = False) -> Path:
+                   model=None, show_progress: bool = False, preview: Path | None = None,
+                   preview_frames: int = PREVIEW_FRAMES, report: Path | None = None,
+                   compare: Path | None = None) -> Path:
     """Colourise the film (or still) `src` with the colours of the still `ref` into `out`.
 
     A still input gives a still output. The output keeps the input's luminance, timing,
-    size, aspect, rotation and audio; it appears under `out` only once complete.
+    size, aspect, rotation and audio; it appears under `out` only once complete. Then the
+    provenance sidecar `OUT.vidcolor.json` is written beside it (and the output carries a
+    "comment" metadata tag naming vidcolor, the model and the reference's sha256).
 
     Args:
         src: greyscale film or photo (any container/codec FFmpeg reads; any image Pillow reads).
@@ -88,6 +138,12 @@ def colorize_video(src: Path, ref: Path, out: Path, opts: PipelineOptions | None
         opts: PipelineOptions; defaults if None.
         model: an already loaded model (skips loading `opts.colorize.method`).
         show_progress: draw a tqdm bar of frames, fps and ETA on stderr.
+        preview: also write a contact sheet here (.png, .jpg, .webp, .tif): `preview_frames`
+            evenly spaced frames, input above output, beside the reference.
+        preview_frames: frames on the contact sheet, 1..48.
+        report: also write a QA report here: .html (writes the .json beside it too) or .json.
+        compare: also write a side-by-side video here (input | output, H.264, with the sound);
+            for a still input, a side-by-side image.
 
     Returns:
         `out`.
@@ -97,27 +153,60 @@ def colorize_video(src: Path, ref: Path, out: Path, opts: PipelineOptions | None
     """
     opts = opts or PipelineOptions()
     src, ref, out = Path(src), Path(ref), Path(out)
+    request = ExtrasRequest(preview, preview_frames, report, compare)
     info = io.probe(src)
     check_output_path(out, src, opts.overwrite)
+    check_extras(request, src, out, info, opts.overwrite)
     reference_rgb = io.load_still(ref, role="reference")
+    extras = RunExtras(src, ref, out, info, request, _identity(opts, model))
     if info.is_still:
-        return _colorize_still_file(src, reference_rgb, out, opts, model)
+        extras.add(_colorize_still_file(src, reference_rgb, out, opts, model, extras.tag))
+        extras.finish(reference_rgb, 1)
+        return out
     container_format(out)
     with ExitStack() as stack:
-        writer = stack.enter_context(VideoWriter(out, info, audio_from=src, opts=opts.encode))
+        extras.open_compare(stack)  # entered first, so the output is finished before it
+        writer = stack.enter_context(VideoWriter(out, info, audio_from=src, opts=opts.encode,
+                                                 metadata=extras.tag))
         colorizer = Colorizer(model or _load(opts), reference_rgb, opts.colorize)
         decoded = _note_colour_input(io.read_frames(src), src)
-        frames = TemporalFilter(opts.temporal).run(colorizer.run(decoded))
+        frames = stack.enter_context(contextlib.closing(_staged(decoded, colorizer, opts)))
         bar = stack.enter_context(tqdm(total=info.n_frames, unit="frame", disable=not show_progress,
                                        desc=src.name, dynamic_ncols=True))
         for frame in frames:
             writer.write(frame)
+            extras.add(frame)
             bar.update()
     if info.n_frames and writer.frames_written < TRUNCATED_FRACTION * info.n_frames:
         logger.warning("'%s' looks truncated: %d of about %d frames could be decoded; they were "
                        "colourised with the audio that came with them", src,
                        writer.frames_written, info.n_frames)
+    extras.finish(reference_rgb, writer.frames_written)
     return out
+
+
+def _identity(opts: PipelineOptions, model) -> RunIdentity:
+    """The model, weights files and settings of a run, for its provenance and report."""
+    if model is not None:  # handed over in memory: its files are not known
+        name, weights = model.config.kind, []
+    elif opts.colorize.method == "match":
+        name, weights = "match", [("backbone", backbone_weights_path())]
+    else:
+        name = opts.colorize.method
+        weights = [(name, shipped_weights_path(name)[0])]
+    return RunIdentity(name, weights, dataclasses.asdict(opts), opts.temporal)
+
+
+def _staged(decoded: Iterator[Frame], colorizer: Colorizer,
+            opts: PipelineOptions) -> Iterator[Frame]:
+    """Colorize and temporal stages, each in its own thread (`threads.in_thread`).
+
+    Decode (its own thread in `io`), colorize, temporal and the caller's encode loop run at
+    the same time. Close the returned generator to stop every stage.
+    """
+    colored = in_thread(colorizer.run, decoded, STAGE_QUEUE_FRAMES, "vidcolor-colorize")
+    smoother = TemporalFilter(opts.temporal)
+    return in_thread(smoother.run, colored, STAGE_QUEUE_FRAMES, "vidcolor-temporal")
 
 
 def _note_colour_input(frames: Iterator[Frame], src: Path) -> Iterator[Frame]:
@@ -227,7 +316,8 @@ def colorize_segment(src: Path, ref: Path, seg_out: Path, start_index: int, stop
         colorizer = Colorizer(model or _load(opts), reference_rgb, opts.colorize)
         decoded = stack.enter_context(contextlib.closing(io.read_frames(src)))
         wanted = itertools.islice(decoded, start_index, stop_index)
-        for frame in TemporalFilter(opts.temporal).run(colorizer.run(wanted)):
+        frames = stack.enter_context(contextlib.closing(_staged(wanted, colorizer, opts)))
+        for frame in frames:
             writer.write(frame)
             if on_frame is not None:
                 on_frame(writer.frames_written)
@@ -238,17 +328,27 @@ def colorize_segment(src: Path, ref: Path, seg_out: Path, start_index: int, stop
 
 
 def join_reel(src: Path, segment_files: list[Path], out: Path,
-              opts: PipelineOptions | None = None) -> Path:
+              opts: PipelineOptions | None = None, *, ref: Path | None = None) -> Path:
     """Join the segments `colorize_segment` wrote, in order, into `out` with the film's audio.
+
+    With `ref` (the reference still the segments were made with), `out` gets the provenance
+    tag and sidecar of `colorize_video`; its start time is then the join's.
 
     Raises:
         EncodeError: `out` exists (without `opts.overwrite`), a segment does not fit, a write
             failure or an audio mismatch.
+        ReferenceImageError: `ref` cannot be read.
     """
     opts = opts or PipelineOptions()
-    check_output_path(Path(out), Path(src), opts.overwrite)
-    join_segments([Path(p) for p in segment_files], Path(out), audio_from=Path(src))
-    return Path(out)
+    src, out = Path(src), Path(out)
+    check_output_path(out, src, opts.overwrite)
+    extras = None if ref is None else RunExtras(src, Path(ref), out, io.probe(src),
+                                                ExtrasRequest(), _identity(opts, None))
+    count = join_segments([Path(p) for p in segment_files], out, audio_from=src,
+                          metadata=None if extras is None else extras.tag)
+    if extras is not None:
+        extras.finish(None, count)
+    return out
 
 
 def _scan_shots(src: Path, temporal: TemporalOptions) -> tuple[int, list[int]]:
@@ -301,10 +401,13 @@ def colorize_image(image: np.ndarray, reference: np.ndarray, *, method: str = "m
 
 
 def _colorize_still_file(src: Path, reference_rgb: np.ndarray, out: Path, opts: PipelineOptions,
-                         model) -> Path:
+                         model, tag: dict[str, str]) -> Frame:
+    """Colourise a still into `out`; returns it as a one-frame Frame for the by-products."""
     image = io.load_still(src, role="input")
     colorizer = Colorizer(model or _load(opts), reference_rgb, opts.colorize)
-    return write_still(out, colorizer.colorize_rgb([image])[0])
+    color = colorizer.colorize_rgb([image])[0]
+    write_still(out, color, comment=tag.get(TAG_KEY))
+    return Frame(index=0, pts=None, source=image, color=color)
 
 
 def _load(opts: PipelineOptions):

