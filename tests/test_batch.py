@@ -211,13 +211,26 @@ def redis_url(tmp_path_factory):
     if binary is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run does)")
     port, password = free_port(), "s3cret-pass"
-    server = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--requirepass", password, "--dir", str(tmp_path_factory.mktemp("redis"))],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"redis://:{password}@127.0.0.1:{port}/0"
+    server = start_redis([binary, "--port", str(port), "--requirepass", password,
+                          "--dir", str(tmp_path_factory.mktemp("redis"))], url)
+    try:
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def start_redis(args: list[str], url: str) -> subprocess.Popen:
+    """Start redis-server with `args` on 127.0.0.1, no persistence; wait until `url` answers.
+    Skips the test if the server exits at once (e.g. built without TLS)."""
+    server = subprocess.Popen([*args, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                               "--loglevel", "warning"],  # little output: the pipe is not read
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def reachable():
+        if server.poll() is not None:
+            pytest.skip(f"redis-server {args[1:3]} exited: {server.stdout.read()[-200:]}")
         try:
             ReelQueue(url).close()
         except QueueError:
@@ -226,10 +239,10 @@ def redis_url(tmp_path_factory):
 
     try:
         wait_until(reachable, 20, "redis-server to start", poll_s=0.1)
-        yield url
-    finally:
+    except BaseException:
         server.terminate()
-        server.wait(timeout=10)
+        raise
+    return server
 
 
 def test_redis_three_workers_split_reel_then_twelve_reels(redis_url, reel, ref_still, tmp_path):
@@ -290,25 +303,12 @@ def test_rediss_url_with_a_password_works_over_tls(reel, ref_still, tmp_path):
         pytest.skip("needs redis-server and openssl (apt-get install redis-server openssl)")
     ca_crt, crt, key = make_tls_files(tmp_path)
     port, password = free_port(), "tls-pass"
-    server = subprocess.Popen(
-        [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--requirepass", password, "--tls-cert-file", str(crt),
-         "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca_crt),
-         "--tls-auth-clients", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"rediss://:{password}@127.0.0.1:{port}/0?ssl_ca_certs={ca_crt}"
-
-    def reachable():
-        if server.poll() is not None:
-            pytest.skip(f"this redis-server has no TLS support: {server.stdout.read()[-200:]}")
-        try:
-            ReelQueue(url).close()
-        except QueueError:
-            return False
-        return True
-
+    server = start_redis(
+        [binary, "--port", "0", "--tls-port", str(port), "--requirepass", password,
+         "--tls-cert-file", str(crt), "--tls-key-file", str(key), "--tls-ca-cert-file",
+         str(ca_crt), "--tls-auth-clients", "no", "--dir", str(tmp_path)], url)
     try:
-        wait_until(reachable, 20, "redis-server with TLS to start", poll_s=0.1)
         queue = ReelQueue(url)
         job_id = queue.add(reel, ref_still, tmp_path / "out.mp4", FAST).id
         [job] = queue.status()[0]

@@ -51,7 +51,7 @@ STAGE_QUEUE_FRAMES = 4  # frames waiting between two stages: lets them overlap, 
 # is the defaults themselves. The measured trade is in BENCHMARKS.md ("Speed and scale").
 PRESETS = {
     "fast": {"colorize": {"work_side_px": 192},  # (256/192)^2 = 1.8x fewer matching positions
-             "temporal": {"flow_max_side_px": 256, "solver_iterations": 2},
+             "temporal": {},  # a lighter solve saved ~5 ms/frame at 480p but let flicker through
              "encode": {"preset": "veryfast"}},
     "balanced": {"colorize": {}, "temporal": {}, "encode": {}},
     "best": {"colorize": {"work_side_px": 320},
@@ -95,9 +95,9 @@ def preset_options(preset: str = "balanced", method: str = ColorizeOptions.metho
                    device: str = "auto", overwrite: bool = False) -> PipelineOptions:
     """The options of a speed preset, to refine with `dataclasses.replace`.
 
-    "fast" colourises at a 192-px working size instead of 256 (1.8x fewer matching positions),
-    runs the temporal stage on a 256-px grid with 2 solver iterations and encodes with x264
-    "veryfast": about twice as fast, colour edges slightly blurrier.
+    "fast" colourises at a 192-px working size instead of 256 (1.8x fewer matching positions)
+    and encodes with x264 "veryfast" (bigger files at the same CRF); the temporal stage is the
+    default one: about twice as fast, colour edges slightly blurrier.
     "balanced" (the default) is the Options defaults. "best" colourises at a 320-px working
     size, runs the temporal stage on a 480-px grid with 6 iterations and encodes with x264
     "slow" (smaller files): a few times slower, for finer colour detail.
