@@ -179,3 +179,14 @@ def test_prores_from_an_mp4_lands_in_a_mov(gray_clip, ref_still, tmp_path):
     assert result.exit_code == 0, result.output
     out = tmp_path / "film.color.mov"
     assert io.probe(out).codec == "prores" and io.probe(out).n_frames == 24
+
+
+def test_output_equal_to_the_input_is_refused_even_with_overwrite(gray_clip, ref_still, tmp_path):
+    src = tmp_path / "film.mp4"
+    src.write_bytes(gray_clip.read_bytes())
+    before = src.read_bytes()
+    for target in (src, tmp_path / "." / "film.mp4"):
+        result = run(src, "--ref", ref_still, "-o", target, "--overwrite")
+        assert_one_line_error(result, "is the input itself")
+    assert src.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["film.mp4"]
