@@ -44,7 +44,7 @@ from .provenance import (
     write_text_atomic,
 )
 from .report import QualityMonitor, report_paths
-from .temporal import TemporalOptions, histogram_distance, shot_luma_histogram
+from .temporal import ShotCutTest, TemporalOptions
 
 COMPARE_ENCODE = EncodeOptions(crf=20, preset="veryfast")  # the side-by-side video: for viewing
 
@@ -144,8 +144,10 @@ class RunExtras:
         self.sheet = None if request.preview is None else ContactSheet(
             request.preview_frames, info.n_frames, info.time_base, info.sample_aspect,
             info.rotation_deg)
+        cuts = ShotCutTest(identity.temporal)  # the temporal stage's histogram test
         self.monitor = None if request.report is None else QualityMonitor(
-            _LumaCutTest(identity.temporal), info.time_base, info.fps, reference=self.ref.name)
+            lambda frame: cuts.starts_shot(frame.source), info.time_base, info.fps,
+            reference=self.ref.name)
         self.compare_writer: VideoWriter | None = None
 
     def open_compare(self, stack: ExitStack) -> None:
@@ -200,20 +202,3 @@ class RunExtras:
                 "temporal_strength": self.identity.temporal.strength,
                 "provenance": str(sidecar_path(self.out))}
 
-
-class _LumaCutTest:
-    """The temporal stage's luma-histogram cut test, as a per-frame callable for the report.
-
-    Called once per frame in order; True when the frame starts a new shot (a size change, or a
-    luma histogram farther than `cut_hist_distance` from the previous frame's).
-    """
-
-    def __init__(self, temporal: TemporalOptions) -> None:
-        self.temporal = temporal
-        self._previous: tuple[tuple[int, ...], np.ndarray] | None = None
-
-    def __call__(self, frame: Frame) -> bool:
-        hist = shot_luma_histogram(frame.source, self.temporal.flow_max_side_px)
-        previous, self._previous = self._previous, (frame.source.shape, hist)
-        return previous is None or previous[0] != frame.source.shape or histogram_distance(
-            hist, previous[1]) > self.temporal.cut_hist_distance

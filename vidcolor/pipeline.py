@@ -36,7 +36,7 @@ from .errors import OptionsError, VideoOpenError
 from .frames import Frame, VideoInfo
 from .preview import PREVIEW_FRAMES
 from .provenance import TAG_KEY
-from .temporal import TemporalFilter, TemporalOptions, histogram_distance, shot_luma_histogram
+from .temporal import ShotCutTest, TemporalFilter, TemporalOptions
 from .threads import in_thread
 from .weights import backbone_weights_path, load_model, shipped_weights_path
 
@@ -357,17 +357,13 @@ def _scan_shots(src: Path, temporal: TemporalOptions) -> tuple[int, list[int]]:
     This applies TemporalFilter's own histogram test (not its flow test), with a margin, so
     a frame listed here is one where a one-pass run resets its history too.
     """
-    cuts, count, previous = [], 0, None
+    cuts, count, sure_cuts = [], 0, ShotCutTest(temporal, margin=SURE_CUT_MARGIN)
     for frame in io.read_frames(src):
         count += 1
         if temporal.strength == 0.0:
             continue  # no temporal stage: every boundary is exact
-        hist = shot_luma_histogram(frame.source, temporal.flow_max_side_px)
-        shape = frame.source.shape
-        if previous is not None and (previous[0] != shape or histogram_distance(
-                hist, previous[1]) > temporal.cut_hist_distance + SURE_CUT_MARGIN):
+        if sure_cuts.starts_shot(frame.source) and count > 1:
             cuts.append(frame.index)
-        previous = (shape, hist)
     return count, cuts
 
 

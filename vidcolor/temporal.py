@@ -74,10 +74,8 @@ def _check_range(name: str, value: float, low: float, high: float) -> None:
 class _Previous:
     """What the filter keeps of frame t-1, all on the working grid of (h, w) pixels."""
 
-    frame_shape: tuple[int, int]  # (H, W) of the full frame, to notice a size change
     luma: np.ndarray  # (h, w) float32 source L/100 in [0, 1]
     luma_u8: np.ndarray  # (h, w) uint8, the same for DIS flow
-    hist: np.ndarray  # (HIST_BINS,) float64 luma histogram, sums to 1
     out_ab: np.ndarray  # (h, w, 2) float32 Lab a, b of the previous *output*
 
 
@@ -106,11 +104,13 @@ class TemporalFilter:
         self.opts = opts or TemporalOptions()
         self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
         self._prev: _Previous | None = None
+        self._cuts = ShotCutTest(self.opts)
         self._eig: tuple[tuple[int, int], np.ndarray] | None = None
 
     def reset(self) -> None:
         """Forget the history, so that the next frame starts a new shot."""
         self._prev = None
+        self._cuts.reset()
 
     def run(self, frames: Iterable[Frame]) -> Iterator[Frame]:
         """Filter a stream of frames lazily, one output per input, in order, pts kept.
@@ -151,18 +151,13 @@ class TemporalFilter:
         size = _work_size(frame.source.shape[:2], self.opts.flow_max_side_px)
         luma = _work_luma(frame.source, size)
         luma_u8 = np.rint(luma * 255.0).astype(np.uint8)
-        hist = _luma_hist(luma_u8)
         rgb = np.multiply(frame.color, np.float32(1.0 / 255.0), dtype=np.float32)
         lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2Lab)  # (H, W, 3) float32
         ab = np.ascontiguousarray(cv2.resize(lab, size, interpolation=cv2.INTER_AREA)[..., 1:])
         prev, self._prev = self._prev, None
-        new_shot = (
-            prev is None
-            or prev.frame_shape != frame.source.shape[:2]
-            or histogram_distance(hist, prev.hist) > self.opts.cut_hist_distance
-        )
-        correction = None if new_shot else self._correction(prev, luma, luma_u8, ab)
-        self._prev = _Previous(frame.source.shape[:2], luma, luma_u8, hist, ab)
+        cut = self._cuts.check(frame.source.shape[:2], _luma_hist(luma_u8))
+        correction = None if prev is None or cut else self._correction(prev, luma, luma_u8, ab)
+        self._prev = _Previous(luma, luma_u8, ab)
         if correction is None:
             logger.debug("frame %d starts a shot; temporal history reset", frame.index)
             return frame
@@ -230,8 +225,42 @@ class TemporalFilter:
         return self._eig[1]
 
 
+class ShotCutTest:
+    """TemporalFilter's histogram cut test over a stream of frames: a frame starts a new shot
+    when its size changes or its luma histogram is farther than the threshold from the
+    previous frame's. One definition for the filter, segment planning and the QA report, so
+    all three agree on where shots start (the filter also resets where the flow fails).
+
+    Args:
+        opts: the temporal options (`cut_hist_distance`, `flow_max_side_px`).
+        margin: added to `cut_hist_distance`; > 0 keeps only sure cuts.
+    """
+
+    def __init__(self, opts: TemporalOptions, margin: float = 0.0) -> None:
+        self.max_side_px = opts.flow_max_side_px
+        self.threshold = opts.cut_hist_distance + margin
+        self._previous: tuple[tuple[int, int], np.ndarray] | None = None
+
+    def starts_shot(self, source: np.ndarray) -> bool:
+        """Test the next frame, (H, W, 3) uint8 RGB; the first frame always starts a shot."""
+        return self.check(source.shape[:2], shot_luma_histogram(source, self.max_side_px))
+
+    def check(self, shape: tuple[int, int], hist: np.ndarray) -> bool:
+        """`starts_shot` for a frame whose (H, W) and `shot_luma_histogram` are known."""
+        previous, self._previous = self._previous, (shape, hist)
+        return (
+            previous is None
+            or previous[0] != shape
+            or histogram_distance(hist, previous[1]) > self.threshold
+        )
+
+    def reset(self) -> None:
+        """Forget the previous frame: the next one starts a shot."""
+        self._previous = None
+
+
 def shot_luma_histogram(source: np.ndarray, max_side_px: int) -> np.ndarray:
-    """The luma histogram TemporalFilter compares for its cut test (shared with segment planning).
+    """The luma histogram of a frame that `ShotCutTest` compares (TemporalFilter's cut test).
 
     Args:
         source: (H, W, 3) uint8 RGB frame as decoded.
