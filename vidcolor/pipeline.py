@@ -96,11 +96,11 @@ def preset_options(preset: str = "balanced", method: str = ColorizeOptions.metho
     """The options of a speed preset, to refine with `dataclasses.replace`.
 
     "fast" colourises at a 192-px working size instead of 256 (1.8x fewer matching positions)
-    and encodes with x264 "veryfast" (bigger files at the same CRF); the temporal stage is the
-    default one: about twice as fast, colour edges slightly blurrier.
+    and encodes with x264 "veryfast" (bigger files at the same CRF), keeping the default
+    temporal stage: 1.5-1.7x faster end to end (BENCHMARKS.md), colour edges slightly blurrier.
     "balanced" (the default) is the Options defaults. "best" colourises at a 320-px working
     size, runs the temporal stage on a 480-px grid with 6 iterations and encodes with x264
-    "slow" (smaller files): a few times slower, for finer colour detail.
+    "slow" (smaller files): 1.5-1.9x slower, for finer colour detail.
 
     Args:
         preset: one of PRESETS.
