@@ -6,6 +6,7 @@ cut; jobs are added through the Python API (so they can use a small working size
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -21,14 +22,17 @@ import av
 import numpy as np
 import pytest
 from conftest import moving_bars, write_clip
+from PIL import Image
 from typer.testing import CliRunner
 
 from vidcolor import io
 from vidcolor.batch import ReelQueue, work_dir
-from vidcolor.cli import queue_app
+from vidcolor.byproducts import ExtrasRequest
+from vidcolor.cli import app, queue_app
 from vidcolor.colorize import ColorizeOptions
 from vidcolor.encode import EncodeOptions
 from vidcolor.errors import QueueError
+from vidcolor.frames import rgb_to_lab
 from vidcolor.pipeline import (
     PipelineOptions,
     colorize_segment,
@@ -36,6 +40,7 @@ from vidcolor.pipeline import (
     join_reel,
     plan_segments,
 )
+from vidcolor.provenance import sidecar_path
 
 FAST = PipelineOptions(colorize=ColorizeOptions(work_side_px=64))  # keeps a frame ~30 ms on CPU
 WORKER_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "VIDCOLOR_DEBUG": "0"}  # 2 shared cores
@@ -170,7 +175,8 @@ def test_sigkilled_worker_resumes_from_its_last_segment(ref_still, tmp_path):
     url = str(tmp_path / "queue.sqlite3")  # a plain path works as a SQLite URL
     queue = ReelQueue(url)
     opts = PipelineOptions(colorize=ColorizeOptions(work_side_px=128))  # slow enough to catch
-    job_id = queue.add(long_reel, ref_still, out, opts, segment_frames=8).id
+    extras = ExtrasRequest(preview=tmp_path / "sheet.jpg", report=tmp_path / "qa.json")
+    job_id = queue.add(long_reel, ref_still, out, opts, segment_frames=8, extras=extras).id
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
     first = start_worker(url, first_log, "--keep-segments")
     wait_until(lambda: jobs_by_reel(queue)["long.mp4"].segments_done >= 2, 120,
@@ -196,6 +202,133 @@ def test_sigkilled_worker_resumes_from_its_last_segment(ref_still, tmp_path):
     assert not redone & {f"seg:{int(name[4:9])}" for name in finished}
     assert len(redone) == 9 - len(finished)
     assert not list(work_dir(out).glob("*.partial"))
+    with Image.open(tmp_path / "sheet.jpg") as sheet:  # the resumed reel's by-products
+        assert sheet.format == "JPEG" and sheet.width > 6 * 64
+    assert json.loads((tmp_path / "qa.json").read_text())["frames"] == 72
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def colourfulness_ab(rgb: np.ndarray) -> float:
+    """Mean Lab chroma of an (H, W, 3) uint8 RGB picture: about 0 for grey."""
+    return float(np.hypot(*rgb_to_lab(rgb)[..., 1:].transpose(2, 0, 1)).mean())
+
+
+def test_worker_writes_the_by_products_of_a_joined_reel(reel, ref_still, tmp_path):
+    """Sheet, report and side-by-side of a reel made in two segments, from the joined file."""
+    url = str(tmp_path / "queue.sqlite3")
+    out = tmp_path / "reel.color.mp4"
+    sheet, qa, side = tmp_path / "sheet.png", tmp_path / "qa.html", tmp_path / "side.mp4"
+    extras = ExtrasRequest(preview=sheet, preview_frames=4, report=qa, compare=side)
+    queue = ReelQueue(url)
+    job_id = queue.add(reel, ref_still, out, FAST, segment_frames=12, extras=extras).id
+    log = tmp_path / "worker.log"
+    worker = start_worker(url, log, "--once")
+    assert worker.wait(timeout=180) == 0, log.read_text()[-2000:]
+    assert jobs_by_reel(queue)["reel.mp4"].state == "done", log.read_text()[-2000:]
+    assert computed_steps(log)[0] == Counter({(job_id, "seg:0"): 1, (job_id, "seg:1"): 1})
+    assert_same_film(reel, out)
+
+    with Image.open(sheet) as image:
+        image.load()  # decodes every pixel
+        assert image.format == "PNG" and image.mode == "RGB"
+        assert image.width > 4 * 64 > image.height > 2 * 48  # reference + 4 columns, 2 rows
+
+    data = json.loads((tmp_path / "qa.json").read_text())
+    assert data["frames"] == 24 and data["cuts"] == [12]
+    assert [(s["first_frame"], s["last_frame"]) for s in data["shots"]] == [(0, 11), (12, 23)]
+    for shot in data["shots"]:
+        assert shot["reference"] == "ref.png" and shot["colourfulness_mean"] > 10.0
+        assert shot["flicker_ab_mean"] >= 0.0
+    assert data["run"]["output"] == str(out) and data["run"]["model"] == "match"
+    assert qa.read_text().startswith("<!DOCTYPE html>")
+
+    sources = list(io.read_frames(reel))
+    both = list(io.read_frames(side))
+    assert len(both) == 24 and [f.pts for f in both] == [f.pts for f in sources]
+    for source, pair in zip(sources, both, strict=True):
+        assert pair.source.shape == (48, 128, 3)  # twice the reel's width
+        left, right = pair.source[:, :64], pair.source[:, 64:]
+        assert np.abs(left.astype(int) - source.source).mean() < 4.0  # the input, grey
+        assert colourfulness_ab(left) < 3.0 < 10.0 < colourfulness_ab(right)
+    assert audio_packets(side) == audio_packets(reel)
+
+    record = json.loads(sidecar_path(out).read_text())
+    assert record["extra_outputs"] == {"compare": str(side), "preview": str(sheet),
+                                       "report": str(qa)}
+    assert record["output"]["frames"] == 24
+    assert not list(tmp_path.glob("*.partial")) and not work_dir(out).exists()
+
+
+def test_by_products_that_failed_after_the_join_are_made_on_retry(reel, ref_still, tmp_path):
+    """The join is kept: a retry makes only the by-products, and none is half-written."""
+    url = str(tmp_path / "queue.sqlite3")
+    out, sheet, qa = tmp_path / "reel.color.mp4", tmp_path / "sheet.png", tmp_path / "qa.json"
+    queue = ReelQueue(url)
+    job_id = queue.add(reel, ref_still, out, FAST, segment_frames=12,
+                       extras=ExtrasRequest(preview=sheet, report=qa)).id
+    blocker = tmp_path / "sheet.png.partial"
+    blocker.mkdir()  # the sheet cannot be written, though its path passed every check
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    assert start_worker(url, first_log, "--once").wait(timeout=180) == 0
+    job = jobs_by_reel(queue)["reel.mp4"]
+    assert job.state == "failed" and "contact sheet" in job.error and "\n" not in job.error
+    assert out.exists() and not sheet.exists() and not qa.exists()
+    joined = out.stat().st_mtime_ns
+    blocker.rmdir()
+    assert runner.invoke(queue_app, ["retry", job_id, "--queue", url]).exit_code == 0
+    assert start_worker(url, second_log, "--once").wait(timeout=180) == 0
+    assert jobs_by_reel(queue)["reel.mp4"].state == "done", second_log.read_text()[-2000:]
+    assert out.stat().st_mtime_ns == joined  # not joined again
+    assert computed_steps(second_log)[0] == Counter()  # no segment colourised again
+    assert "was joined before" in second_log.read_text()
+    with Image.open(sheet) as image:
+        image.load()
+        assert image.format == "PNG"
+    assert len(json.loads(qa.read_text())["shots"]) == 2
+    assert json.loads(sidecar_path(out).read_text())["extra_outputs"]["preview"] == str(sheet)
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_add_checks_by_products_like_colorize(reel, ref_still, tmp_path, tmp_path_factory):
+    """Bad by-product paths are refused at `queue add` with colorize's own one-line errors."""
+    url = str(tmp_path_factory.mktemp("queue") / "queue.sqlite3")
+    (tmp_path / "taken.json").write_text("{}")
+    base = [str(reel), "--ref", str(ref_still), "--out", str(tmp_path / "one.mp4")]
+    for flag, path, message in (
+        ("--preview", "sheet.txt", "needs an image extension"),
+        ("--report", "taken.html", "already exists; pass --overwrite"),  # its .json exists
+        ("--report", "qa.pdf", ".html"),
+        ("--compare", "missing/side.mp4", "does not exist; create it first"),
+    ):
+        by_product = [flag, str(tmp_path / path)]
+        alone = runner.invoke(app, [*base, *by_product])
+        queued = runner.invoke(queue_app, ["add", str(reel), "--ref", str(ref_still),
+                                           "--out-dir", str(tmp_path), "--queue", url,
+                                           *by_product])
+        assert alone.exit_code == queued.exit_code == 1, (alone.output, queued.output)
+        error = queued.output.strip()
+        assert error.startswith("Error: ") and "\n" not in error and message in error
+        assert error == alone.output.strip()
+    assert ReelQueue(url).status()[0] == []  # nothing was queued
+    assert [p.name for p in tmp_path.iterdir()] == ["taken.json"]  # and nothing was written
+
+
+def test_add_names_by_products_per_reel(reel, ref_still, tmp_path):
+    url = str(tmp_path / "queue.sqlite3")
+    reels = copies(reel, tmp_path / "reels", 2)
+    args = ["add", *map(str, reels), "--ref", str(ref_still), "--queue", url]
+    shared = runner.invoke(queue_app, [*args, "--preview", str(tmp_path / "sheet.png")])
+    assert shared.exit_code == 2 and "{reel}" in shared.output  # one file for two reels
+    added = runner.invoke(queue_app, [*args, "--preview", str(tmp_path / "{reel}.png"),
+                                      "--compare", str(tmp_path / "{reel}.side.mkv")])
+    assert added.exit_code == 0 and added.output.count(" queued ") == 2, added.output
+    (tmp_path / "other").mkdir()
+    again = runner.invoke(queue_app, [*args, "--out-dir", str(tmp_path / "other"),
+                                      "--preview", str(tmp_path / "{reel}.png")])
+    assert again.exit_code == 1  # other outputs, but the same sheets as the queued jobs
+    for path in reels:
+        assert f"'{tmp_path / path.stem}.png' is already written by job" in again.output
+    assert len(ReelQueue(url).status()[0]) == 2
 
 
 def free_port() -> int:

@@ -2,7 +2,8 @@
 
 A job runs as steps, each a Huey task: "plan" checks the request and splits the film into
 segments, "seg:N" colourises segment N into a checkpoint file in a hidden work folder beside the
-output, and "join" puts the segments end to end with the original audio. Steps of one reel may
+output, and "join" puts the segments end to end with the original audio, then makes the contact
+sheet, report and side-by-side video the job asked for from the joined file. Steps of one reel may
 run on different workers at once. Job records live in the backend's key-value store and finished
 segments in the work folder, so the job of a crashed or killed worker resumes after its last
 complete segment. Colourising is pipeline.py's business; this module never prints.
@@ -23,6 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import io
+from .byproducts import ExtrasRequest, check_extras, extras_from_files
 from .errors import (
     EncodeError,
     OptionsError,
@@ -47,11 +50,13 @@ from .jobs import (
 )
 from .pipeline import (
     PipelineOptions,
+    _identity,
     check_film_request,
     colorize_segment,
     join_reel,
     plan_segments,
 )
+from .report import report_paths
 
 logger = logging.getLogger(__name__)
 
@@ -110,14 +115,19 @@ def work_dir(out: Path) -> Path:
     return Path(out).with_name(f".{Path(out).name}{WORK_SUFFIX}")
 
 
-def job_id_for(reel: Path, ref: Path, out: Path, opts: PipelineOptions) -> str:
-    """The job id: the same reel, reference, output and settings give the same id.
+def job_id_for(reel: Path, ref: Path, out: Path, opts: PipelineOptions,
+               extras: ExtrasRequest | None = None) -> str:
+    """The job id: the same reel, reference, output, settings and by-products give the same id.
 
-    `overwrite` does not count: it does not change the picture.
+    `overwrite` does not count: it does not change the picture. A job without by-products
+    keeps the id it had before they could be asked for.
     """
     identity = {"reel": str(Path(reel).resolve()), "ref": str(Path(ref).resolve()),
                 "out": str(Path(out).resolve()),
                 "options": dataclasses.asdict(dataclasses.replace(opts, overwrite=False))}
+    wanted = _extras_record(extras)
+    if wanted is not None:
+        identity["extras"] = wanted
     blob = json.dumps(identity, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:10]
 
@@ -147,28 +157,42 @@ class ReelQueue:
             self.huey.storage.close()
 
     def add(self, reel: Path, ref: Path, out: Path, opts: PipelineOptions | None = None, *,
-            segment_frames: int = DEFAULT_SEGMENT_FRAMES) -> AddResult:
+            segment_frames: int = DEFAULT_SEGMENT_FRAMES,
+            extras: ExtrasRequest | None = None) -> AddResult:
         """Queue one reel, unless the same reel with the same settings is already there.
 
         A job already queued, running, done, failed or cancelled is reported, not added again
         (retry a failed one); a done job whose output has since been deleted is run again.
 
+        Args:
+            reel, ref, out: the film, the colour reference still and the output.
+            opts: PipelineOptions; defaults if None.
+            segment_frames: target segment length in frames, >= 2.
+            extras: contact sheet, QA report and side-by-side video to write once the reel
+                is joined (checked now like `colorize_video` checks them); None for none.
+
         Raises:
             VideoOpenError, ReferenceImageError, EncodeError: the request cannot succeed.
-            QueueError: another job writes the same output, or the backend is unreachable.
+            QueueError: another job writes the same output or by-product, or the backend is
+                unreachable.
         """
         opts = opts or PipelineOptions()
         if segment_frames < 2:
             raise OptionsError(f"segment_frames must be >= 2, got {segment_frames}")
         reel, ref, out = (Path(p).absolute() for p in (reel, ref, out))
-        job_id = job_id_for(reel, ref, out, opts)
+        extras = _absolute_extras(extras)
+        job_id = job_id_for(reel, ref, out, opts, extras)
         if self._store.get(record_key("job", job_id)) is not None:
             return self._add_again(job_id, reel, out)
         info = _check_request(reel, ref, out, opts)
-        self._check_output_free(job_id, out)
+        if extras is not None:
+            check_extras(extras, reel, out, info, opts.overwrite)
+        self._check_output_free(job_id, out, extras)
         spec = {"id": job_id, "reel": str(reel), "ref": str(ref), "out": str(out),
                 "options": dataclasses.asdict(opts), "segment_frames": segment_frames,
                 "frames_estimate": info.n_frames, "added_at": time.time()}
+        if extras is not None:
+            spec["extras"] = _extras_record(extras)
         if not self._store.put_new(record_key("job", job_id), spec):
             return self._add_again(job_id, reel, out)  # someone added it just now
         self._requeue(job_id)
@@ -255,7 +279,7 @@ class ReelQueue:
                 if step == "plan":
                     self._plan(spec)
                 elif step == "join":
-                    self._join(spec, self._worker_opts.keep_segments)
+                    self._join(spec, self._worker_opts.keep_segments, worker)
                 else:
                     self._segment(spec, int(step.split(":")[1]), worker)
         except _HandBack:
@@ -288,11 +312,16 @@ class ReelQueue:
     def _plan(self, spec: dict) -> None:
         job_id, out, reel = spec["id"], Path(spec["out"]), Path(spec["reel"])
         opts = PipelineOptions.from_dict(spec["options"])
+        state = self._store.get(record_key("state", job_id)) or {}
+        if _joined(state, out):  # only the by-products were left to make (retry after a failure)
+            self._update_state(job_id, state="running", error=None)
+            self._enqueue_step(job_id, "join")
+            return
         segments = plan_segments(reel, Path(spec["ref"]), out, opts,
                                  segment_frames=spec["segment_frames"])
+        _check_extras_of(spec, opts)
         work = work_dir(out)
         _claim_work_dir(work, job_id)
-        state = self._store.get(record_key("state", job_id)) or {}
         if state.get("segments") not in (None, [list(s) for s in segments]):
             logger.warning("job %s: '%s' has changed since it was planned; starting over", job_id,
                            reel)
@@ -310,7 +339,7 @@ class ReelQueue:
                 if record is not None:
                     self._store.delete(key)
         self._update_state(job_id, state="running", segments=segments,
-                           frames_total=segments[-1][1], error=None,
+                           frames_total=segments[-1][1], error=None, joined=None,
                            started_at=state.get("started_at") or time.time())
         logger.info("job %s: %d segments, %d to do", job_id, len(segments), len(todo))
         for n in todo:
@@ -364,19 +393,53 @@ class ReelQueue:
 
         return on_frame
 
-    def _join(self, spec: dict, keep_segments: bool) -> None:
+    def _watch(self, job_id: str, worker: WorkerPool):
+        """on_frame hook of a step without a segment record: hand back or halt, as segments do."""
+        last = [time.monotonic()]
+
+        def on_frame(frames: int) -> None:
+            if worker.stop.is_set():
+                raise _HandBack()
+            if time.monotonic() - last[0] >= PROGRESS_EVERY_S:
+                last[0] = time.monotonic()
+                if self._job_state(job_id) not in ACTIVE:
+                    raise _Halted()
+
+        return on_frame
+
+    def _join(self, spec: dict, keep_segments: bool, worker: WorkerPool) -> None:
+        """Join the segments (unless an earlier run of this step did), then the by-products."""
         job_id, out = spec["id"], Path(spec["out"])
-        segments = self._store.get(record_key("state", job_id))["segments"]
-        paths = [_segment_path(out, n) for n in range(len(segments))]
-        missing = [n for n, path in enumerate(paths) if not path.exists()]
-        if missing:  # the work folder was touched: make those segments again
-            logger.warning("job %s: segments %s are missing; making them again", job_id, missing)
-            for n in missing:
-                self._store.delete(record_key("seg", job_id, str(n)))
-                self._enqueue_step(job_id, f"seg:{n}")
-            return
-        join_reel(Path(spec["reel"]), paths, out, PipelineOptions.from_dict(spec["options"]),
-                  ref=Path(spec["ref"]))
+        opts = PipelineOptions.from_dict(spec["options"])
+        state = self._store.get(record_key("state", job_id))
+        segments = state["segments"]
+        if _joined(state, out):
+            logger.info("job %s: '%s' was joined before; making its by-products", job_id, out)
+        else:
+            paths = [_segment_path(out, n) for n in range(len(segments))]
+            missing = [n for n, path in enumerate(paths) if not path.exists()]
+            if missing:  # the work folder was touched: make those segments again
+                logger.warning("job %s: segments %s are missing; making them again", job_id,
+                               missing)
+                for n in missing:
+                    self._store.delete(record_key("seg", job_id, str(n)))
+                    self._enqueue_step(job_id, f"seg:{n}")
+                return
+            _check_extras_of(spec, opts)
+            join_reel(Path(spec["reel"]), paths, out, opts, ref=Path(spec["ref"]))
+            # From here on the output is ours: a re-run of this step (a crash, or a retry
+            # after the by-products failed) makes only the by-products, without checks that
+            # would now refuse our own files.
+            done = out.stat()
+            self._update_state(job_id, joined={"size": done.st_size,
+                                                "mtime_ns": done.st_mtime_ns})
+        if spec.get("extras"):
+            extras_from_files(Path(spec["reel"]), Path(spec["ref"]), out,
+                              _extras_request(spec["extras"]), _identity(opts, None),
+                              on_frame=self._watch(job_id, worker))
+            logger.info("job %s: by-products written (%s)", job_id, ", ".join(
+                f"{name} {path}" for name, path in spec["extras"].items()
+                if name != "preview_frames" and path))
         self._update_state(job_id, state="done", finished_at=time.time())
         if not keep_segments:
             shutil.rmtree(work_dir(out), ignore_errors=True)
@@ -411,11 +474,20 @@ class ReelQueue:
             return AddResult(job_id, reel, out, added=True, state="queued")
         return AddResult(job_id, reel, out, added=False, state=state)
 
-    def _check_output_free(self, job_id: str, out: Path) -> None:
+    def _check_output_free(self, job_id: str, out: Path,
+                           extras: ExtrasRequest | None = None) -> None:
+        """Refuse an output or by-product that a live job will write too."""
+        mine = _targets(out, _extras_record(extras))
         for other, spec in records_of(self._store.items(), "job").items():
-            if other != job_id and Path(spec["out"]) == out and self._job_state(other) in ACTIVE:
+            if other == job_id or self._job_state(other) not in ACTIVE:
+                continue
+            if Path(spec["out"]) == out:
                 raise QueueError(f"Output '{out}' is already the target of job {other}; "
                                  f"cancel that job or choose another --out-dir")
+            shared = mine & _targets(Path(spec["out"]), spec.get("extras"))
+            if shared:
+                raise QueueError(f"'{min(shared)}' is already written by job {other}; cancel "
+                                 f"that job or choose another path")
 
     def _resolve_id(self, prefix: str) -> str:
         ids = [i for i in records_of(self._store.items(), "job") if i.startswith(prefix.strip())]
@@ -433,6 +505,60 @@ def _check_request(reel: Path, ref: Path, out: Path, opts: PipelineOptions) -> V
         raise EncodeError(f"Output '{out}': queued reels are written as "
                           f"{', '.join(QUEUE_SUFFIXES)}; choose one of those")
     return check_film_request(reel, ref, out, opts)
+
+
+def _absolute_extras(extras: ExtrasRequest | None) -> ExtrasRequest | None:
+    """The request with absolute paths (workers may run elsewhere); None if it asks nothing."""
+    if extras is None or _extras_record(extras) is None:
+        return None
+    return dataclasses.replace(extras, **{
+        name: Path(getattr(extras, name)).absolute()
+        for name in ("preview", "report", "compare") if getattr(extras, name) is not None})
+
+
+def _extras_record(extras: ExtrasRequest | None) -> dict | None:
+    """The request as a job stores it (JSON), or None when it asks for nothing."""
+    if extras is None:
+        return None
+    paths = {name: getattr(extras, name) for name in ("preview", "report", "compare")}
+    if all(path is None for path in paths.values()):
+        return None
+    return {name: None if path is None else str(path) for name, path in paths.items()} | {
+        "preview_frames": extras.preview_frames}
+
+
+def _extras_request(record: dict) -> ExtrasRequest:
+    return ExtrasRequest(**{name: value if name == "preview_frames" or value is None
+                            else Path(value) for name, value in record.items()})
+
+
+def _check_extras_of(spec: dict, opts: PipelineOptions) -> None:
+    """Repeat the by-products' path checks of `add` (a file may have appeared since)."""
+    if spec.get("extras"):
+        reel = Path(spec["reel"])
+        check_extras(_extras_request(spec["extras"]), reel, Path(spec["out"]), io.probe(reel),
+                     opts.overwrite)
+
+
+def _targets(out: Path, extras: dict | None) -> set[Path]:
+    """Every file a job writes besides its sidecar: the output and its by-products."""
+    paths = {Path(out)}
+    for name in ("preview", "report", "compare"):
+        if extras and extras.get(name):
+            paths.update(report_paths(Path(extras[name])) if name == "report"
+                         else [Path(extras[name])])
+    return paths
+
+
+def _joined(state: dict, out: Path) -> bool:
+    """True when the join step already wrote `out` and it is still the file it wrote."""
+    joined = state.get("joined")
+    try:
+        done = out.stat()
+    except OSError:
+        return False
+    return bool(joined) and (done.st_size, done.st_mtime_ns) == (joined["size"],
+                                                                  joined["mtime_ns"])
 
 
 def _check_regular(path: Path, role: str, error: type[VidcolorError]) -> None:

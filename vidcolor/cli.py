@@ -22,12 +22,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import __version__
 from .batch import DEFAULT_SEGMENT_FRAMES, JobStatus, ReelQueue, WorkerOptions, WorkerStatus
+from .byproducts import ExtrasRequest
 from .colorize import ColorizeOptions
 from .encode import CHROMA_CHOICES, CODECS, X26X_PRESETS, EncodeOptions
 from .errors import OptionsError, VidcolorError
 from .io import is_still_image
 from .pipeline import DEVICE_CHOICES, PRESETS, PipelineOptions, colorize_video, preset_options
 from .preview import MAX_PREVIEW_FRAMES, PREVIEW_FRAMES
+from .references import ReferencePlan
 from .temporal import TemporalOptions
 from .weights import available_models
 
@@ -38,6 +40,7 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".m4v")  # a default output keeps these containers
+REEL_FIELD = "{reel}"  # in a `queue add` by-product path: replaced by each reel's name
 
 PRESET_HELP = ("Speed against quality: fast (1.5-1.7x faster than balanced: 192-px instead of 256-px working "
                "size and x264 veryfast; colour edges slightly blurrier, files bigger), balanced (the default), "
@@ -68,7 +71,8 @@ def _choice(value: str, choices, flag: str) -> str:
 @app.command()
 def colorize(
     video: Annotated[Path, typer.Argument(help="Black-and-white film (or a photo) to colourise.", show_default=False)],
-    ref: Annotated[Path, typer.Option("--ref", "-r", help="Colour reference still whose colours are transferred.", show_default=False)],
+    ref: Annotated[list[str], typer.Option("--ref", "-r", help="Colour reference still whose colours are transferred. Repeat it, or give a folder, to let vidcolor pick the best still for each shot (it prints its choice); 'auto' picks from the gallery that ships with vidcolor.", show_default=False)],
+    ref_map: Annotated[Path | None, typer.Option("--ref-map", help="Force the reference per shot: a text file of lines 'START STILL' (START in seconds or HH:MM:SS.mmm; from then on STILL is used). The choice vidcolor prints is such a file: save it, edit it, pass it back.", show_default=False)] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file. Default: VIDEO.color.mp4 beside the input (same container as the input when it is .mp4/.mov/.mkv; a photo gets VIDEO.color.png).", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists (otherwise vidcolor refuses).")] = False,
     method: Annotated[str, typer.Option("--method", "-m", help=f"Colorizer: {', '.join(available_models())}. 'match' is training-free exemplar matching.")] = ColorizeOptions.method,
@@ -89,9 +93,10 @@ def colorize(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks and debug logs (also VIDCOLOR_DEBUG=1).")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
 ) -> None:
-    """Colourise VIDEO with the colours of one reference still.
+    """Colourise VIDEO with the colours of a reference still (or the best of several, per shot).
 
     Example: vidcolor film.mp4 --ref still.jpg   (writes film.color.mp4)
+             vidcolor film.mp4 --ref street.jpg --ref face.jpg   (or --ref stills/, --ref auto)
 
     Many reels, overnight or on several machines: vidcolor queue --help
     """
@@ -112,8 +117,18 @@ def colorize(
             raise typer.BadParameter(str(e)) from e
         target = out or default_output(video, codec)
         colorize_video(video, ref, target, opts, show_progress=not quiet, preview=preview,
-                       preview_frames=preview_frames, report=report, compare=compare)
+                       preview_frames=preview_frames, report=report, compare=compare,
+                       ref_map=ref_map, on_plan=None if quiet else _print_plan)
         typer.echo(str(target))
+
+
+def _print_plan(plan: ReferencePlan) -> None:
+    """Say which still colours which shot, on stderr (stdout names the output only)."""
+    used = len(plan.used())
+    typer.echo(f"# {len(plan.shots)} shot(s), {used} of {len(plan.references)} reference(s) used:",
+               err=True)
+    for line in plan.lines():
+        typer.echo(line, err=True)
 
 
 def _choice_preset(preset: str, encoder_preset: str | None) -> None:
@@ -209,6 +224,10 @@ def queue_add(
     bit_depth: Annotated[int | None, typer.Option("--bit-depth", help="8 or 10 bits per sample.", show_default=False)] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda (on the worker).")] = "auto",
     segment_frames: Annotated[int, typer.Option("--segment-frames", min=2, help="Segment length in frames: a reel is cut at the shot cut nearest this length, each segment is saved when done and segments may run on different workers.")] = DEFAULT_SEGMENT_FRAMES,
+    preview: Annotated[Path | None, typer.Option("--preview", help="Also write a contact sheet image (.png or .jpg) when the reel is done; {reel} in the path is replaced by the reel's name (needed when queueing several reels), e.g. sheets/{reel}.png.", show_default=False)] = None,
+    preview_frames: Annotated[int, typer.Option("--preview-frames", min=1, max=MAX_PREVIEW_FRAMES, help="How many frames the contact sheet shows.")] = PREVIEW_FRAMES,
+    report: Annotated[Path | None, typer.Option("--report", help="Also write a quality report (.html, with the .json beside it, or only .json) when the reel is done; {reel} as for --preview.", show_default=False)] = None,
+    compare: Annotated[Path | None, typer.Option("--compare", help="Also write a side-by-side video (input left, output right, with the sound) when the reel is done; {reel} as for --preview.", show_default=False)] = None,
     queue: QueueUrl = None,
     debug: Debug = False,
 ) -> None:
@@ -227,14 +246,24 @@ def queue_add(
                                        bit_depth=bit_depth))
     except OptionsError as e:
         raise typer.BadParameter(str(e)) from e
+    by_products = {"--preview": preview, "--report": report, "--compare": compare}
+    for flag, path in by_products.items():
+        if path is not None and len(reels) > 1 and REEL_FIELD not in str(path):
+            raise typer.BadParameter(f"'{path}' would be the same file for all {len(reels)} "
+                                     f"reels; put {REEL_FIELD} in it, e.g. "
+                                     f"{path.with_name(REEL_FIELD + path.suffix)}",
+                                     param_hint=flag)
     refused = 0
     with _reported_errors(debug):
         reel_queue = _open_queue(queue)
         for reel in reels:
             out = default_output(reel, codec)
             out = out_dir / out.name if out_dir is not None else out
+            extras = ExtrasRequest(_for_reel(preview, reel), preview_frames,
+                                   _for_reel(report, reel), _for_reel(compare, reel))
             try:
-                result = reel_queue.add(reel, ref, out, opts, segment_frames=segment_frames)
+                result = reel_queue.add(reel, ref, out, opts, segment_frames=segment_frames,
+                                        extras=extras)
             except VidcolorError as e:
                 typer.secho(f"Error: {e}", fg=typer.colors.RED, err=True)
                 refused += 1
@@ -246,6 +275,11 @@ def queue_add(
                 typer.echo(f"{result.id}  already {result.state}, not queued again  {reel}{hint}")
     if refused:
         raise typer.Exit(EXIT_ERROR)
+
+
+def _for_reel(path: Path | None, reel: Path) -> Path | None:
+    """A by-product path of `queue add` with {reel} replaced by the reel's name (no suffix)."""
+    return None if path is None else Path(str(path).replace(REEL_FIELD, reel.stem))
 
 
 @queue_app.command("worker")

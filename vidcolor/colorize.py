@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -70,11 +70,15 @@ class ColorizeOptions:
 
 
 class Colorizer:
-    """Colourises images or frames from one reference still, encoded once.
+    """Colourises images or frames from a reference still, each reference encoded once.
+
+    With several references, `use_reference` (or `run`'s `reference_of`) picks the one in
+    force; each is encoded the first time it is used and kept for the rest of the run.
 
     Args:
         model: a colouriser from `weights.load_model` (eval mode); it runs on its own device.
-        reference_rgb: (H, W, 3) uint8 RGB colour still, shorter side >= MIN_REFERENCE_SIDE_PX.
+        reference_rgb: (H, W, 3) uint8 RGB colour still, shorter side >= MIN_REFERENCE_SIDE_PX,
+            or a list of such stills (the first is in force at the start).
         opts: run options; defaults to ColorizeOptions().
 
     Raises:
@@ -84,7 +88,8 @@ class Colorizer:
     """
 
     def __init__(
-        self, model: nn.Module, reference_rgb: np.ndarray, opts: ColorizeOptions | None = None
+        self, model: nn.Module, reference_rgb: np.ndarray | list[np.ndarray],
+        opts: ColorizeOptions | None = None,
     ) -> None:
         self.opts = opts or ColorizeOptions()
         kind = model.config.kind
@@ -98,9 +103,29 @@ class Colorizer:
         self._luma_lut = _make_luma_lut()
         self._max_chroma = _max_chroma_table()
         self._buffers: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
-        self._reference_rgb = reference_rgb  # kept to re-encode after a fall back to the CPU
-        with torch.inference_mode():
-            self.reference = self._encode_reference(reference_rgb)
+        stills = [reference_rgb] if isinstance(reference_rgb, np.ndarray) else list(reference_rgb)
+        if not stills:
+            raise ReferenceImageError("No reference still given")
+        for still in stills:
+            _check_reference(still)  # every one, before any work
+        self._references_rgb = stills  # kept to re-encode after a fall back to the CPU
+        self._encoded: dict[int, MatchReference | NetReference] = {}
+        self._current = 0
+        self.use_reference(0)
+
+    @property
+    def reference(self) -> MatchReference | NetReference:
+        """The encoded reference in force."""
+        return self._encoded[self._current]
+
+    def use_reference(self, index: int) -> None:
+        """Colourise from the `index`-th reference still from now on (encoding it once)."""
+        if not 0 <= index < len(self._references_rgb):
+            raise IndexError(f"reference {index} of {len(self._references_rgb)}")
+        if index not in self._encoded:
+            with torch.inference_mode():
+                self._encoded[index] = self._encode_reference(self._references_rgb[index])
+        self._current = index
 
     def colorize_rgb(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Colourise a list of images, keeping each one's own lightness.
@@ -139,10 +164,22 @@ class Colorizer:
         """Colourise one frame; returns it with `color` set ((H, W, 3) uint8 RGB)."""
         return frame.with_color(self.colorize_rgb([frame.source])[0])
 
-    def run(self, frames_in: Iterable[Frame]) -> Iterator[Frame]:
-        """Colourise a stream of frames `batch_size` at a time, in order, one out per one in."""
+    def run(self, frames_in: Iterable[Frame],
+            reference_of: Callable[[int], int] | None = None) -> Iterator[Frame]:
+        """Colourise a stream of frames `batch_size` at a time, in order, one out per one in.
+
+        Args:
+            frames_in: frames in decode order.
+            reference_of: frame index -> index of the reference still that colours it (a
+                batch never mixes two); None keeps the one in force.
+        """
         batch: list[Frame] = []
         for frame in frames_in:
+            wanted = self._current if reference_of is None else reference_of(frame.index)
+            if batch and wanted != self._current:
+                yield from self._colorize_frames(batch)
+                batch = []
+            self.use_reference(wanted)
             batch.append(frame)
             if len(batch) == self.opts.batch_size:
                 yield from self._colorize_frames(batch)
@@ -155,8 +192,7 @@ class Colorizer:
         return [frame.with_color(color) for frame, color in zip(batch, colors, strict=True)]
 
     def _encode_reference(self, reference_rgb: np.ndarray) -> MatchReference | NetReference:
-        """Check the reference still and encode it at the working resolution."""
-        _check_reference(reference_rgb)
+        """Encode a (checked) reference still at the working resolution."""
         lab = frames.rgb_to_lab(reference_rgb)  # (H, W, 3) float32, once per run
         height, width = _work_shape(lab.shape[:2], self.opts.work_side_px)
         lab_work = cv2.resize(lab, (width, height), interpolation=cv2.INTER_AREA)
@@ -227,8 +263,8 @@ class Colorizer:
             )
             self.model = self.model.to("cpu")
             self.device = torch.device("cpu")
-            with torch.inference_mode():
-                self.reference = self._encode_reference(self._reference_rgb)
+            self._encoded.clear()  # encoded on the old device: encode again when used
+            self.use_reference(self._current)
             return self._network_ab(work)
 
     def _compose(self, luma: np.ndarray, coef: np.ndarray) -> np.ndarray:

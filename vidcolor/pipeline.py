@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import MISSING, dataclass, field, fields
 from functools import lru_cache
@@ -36,6 +36,7 @@ from .errors import OptionsError, VideoOpenError
 from .frames import Frame, VideoInfo
 from .preview import PREVIEW_FRAMES
 from .provenance import TAG_KEY
+from .references import ReferencePlan, expand_references, plan_references
 from .temporal import ShotCutTest, TemporalFilter, TemporalOptions
 from .threads import in_thread
 from .weights import backbone_weights_path, load_model, shipped_weights_path
@@ -120,30 +121,40 @@ def preset_options(preset: str = "balanced", method: str = ColorizeOptions.metho
                            device=device, overwrite=overwrite)
 
 
-def colorize_video(src: Path, ref: Path, out: Path, opts: PipelineOptions | None = None, *,
+def colorize_video(src: Path, ref: Path | str | Sequence[Path | str], out: Path,
+                   opts: PipelineOptions | None = None, *,
                    model=None, show_progress: bool = False, preview: Path | None = None,
                    preview_frames: int = PREVIEW_FRAMES, report: Path | None = None,
-                   compare: Path | None = None) -> Path:
-    """Colourise the film (or still) `src` with the colours of the still `ref` into `out`.
+                   compare: Path | None = None, ref_map: Path | None = None,
+                   on_plan: Callable[[ReferencePlan], None] | None = None) -> Path:
+    """Colourise the film (or still) `src` with the colours of the still(s) `ref` into `out`.
 
     A still input gives a still output. The output keeps the input's luminance, timing,
     size, aspect, rotation and audio; it appears under `out` only once complete. Then the
     provenance sidecar `OUT.vidcolor.json` is written beside it (and the output carries a
-    "comment" metadata tag naming vidcolor, the model and the reference's sha256).
+    "comment" metadata tag naming vidcolor, the model and the references' sha256).
+
+    With several references (or a folder, or "auto" for the shipped gallery) the film is
+    decoded once more first, to choose the best reference for every shot
+    (`references.plan_references`); the temporal stage restarts at those cuts anyway.
 
     Args:
         src: greyscale film or photo (any container/codec FFmpeg reads; any image Pillow reads).
-        ref: colour reference still.
+        ref: colour reference still; or a list of stills and folders; or "auto".
         out: output path; its extension picks the container (or image format).
         opts: PipelineOptions; defaults if None.
         model: an already loaded model (skips loading `opts.colorize.method`).
         show_progress: draw a tqdm bar of frames, fps and ETA on stderr.
         preview: also write a contact sheet here (.png, .jpg, .webp, .tif): `preview_frames`
-            evenly spaced frames, input above output, beside the reference.
+            evenly spaced frames, input above output, beside the reference(s).
         preview_frames: frames on the contact sheet, 1..48.
         report: also write a QA report here: .html (writes the .json beside it too) or .json.
         compare: also write a side-by-side video here (input | output, H.264, with the sound);
             for a still input, a side-by-side image.
+        ref_map: a mapping file forcing the reference from given times on
+            (`references.read_reference_map`); it also makes a single `ref` go through the plan.
+        on_plan: called with the reference plan before colourising (to print it); only
+            when there is a choice to make (several references or a map).
 
     Returns:
         `out`.
@@ -152,25 +163,40 @@ def colorize_video(src: Path, ref: Path, out: Path, opts: PipelineOptions | None
         VideoOpenError, ReferenceImageError, EncodeError, WeightsError, OptionsError.
     """
     opts = opts or PipelineOptions()
-    src, ref, out = Path(src), Path(ref), Path(out)
+    src, out = Path(src), Path(out)
+    stills = expand_references([ref] if isinstance(ref, str | Path) else ref)
     request = ExtrasRequest(preview, preview_frames, report, compare)
     info = io.probe(src)
     check_output_path(out, src, opts.overwrite)
     check_extras(request, src, out, info, opts.overwrite)
-    reference_rgb = io.load_still(ref, role="reference")
-    extras = RunExtras(src, ref, out, info, request, _identity(opts, model))
+    if len(stills) == 1 and ref_map is None:
+        plan = ReferencePlan.single(stills[0])
+    else:
+        decoded = None
+        if info.is_still:
+            decoded = [Frame(index=0, pts=None, source=io.load_still(src, role="input"))]
+        plan = plan_references(src, stills, model or _load(opts), opts.temporal, info, ref_map,
+                               decoded)
+        if on_plan is not None:
+            on_plan(plan)
+    used = plan.used()
+    references_rgb = [io.load_still(plan.references[i], role="reference") for i in used]
+    extras = RunExtras(src, plan, out, info, request, _identity(opts, model),
+                       model=(model or _load(opts)) if report is not None else None)
     if info.is_still:
-        extras.add(_colorize_still_file(src, reference_rgb, out, opts, model, extras.tag))
-        extras.finish(reference_rgb, 1)
+        extras.add(_colorize_still_file(src, references_rgb[0], out, opts, model, extras.tag))
+        extras.finish(references_rgb, 1)
         return out
     container_format(out)
+    slot = {index: position for position, index in enumerate(used)}
     with ExitStack() as stack:
         extras.open_compare(stack)  # entered first, so the output is finished before it
         writer = stack.enter_context(VideoWriter(out, info, audio_from=src, opts=opts.encode,
                                                  metadata=extras.tag))
-        colorizer = Colorizer(model or _load(opts), reference_rgb, opts.colorize)
+        colorizer = Colorizer(model or _load(opts), references_rgb, opts.colorize)
         decoded = _note_colour_input(io.read_frames(src), src)
-        frames = stack.enter_context(contextlib.closing(_staged(decoded, colorizer, opts)))
+        frames = stack.enter_context(contextlib.closing(_staged(
+            decoded, colorizer, opts, lambda index: slot[plan.reference_at(index)])))
         bar = stack.enter_context(tqdm(total=info.n_frames, unit="frame", disable=not show_progress,
                                        desc=src.name, dynamic_ncols=True))
         for frame in frames:
@@ -181,7 +207,7 @@ def colorize_video(src: Path, ref: Path, out: Path, opts: PipelineOptions | None
         logger.warning("'%s' looks truncated: %d of about %d frames could be decoded; they were "
                        "colourised with the audio that came with them", src,
                        writer.frames_written, info.n_frames)
-    extras.finish(reference_rgb, writer.frames_written)
+    extras.finish(references_rgb, writer.frames_written)
     return out
 
 
@@ -197,14 +223,16 @@ def _identity(opts: PipelineOptions, model) -> RunIdentity:
     return RunIdentity(name, weights, dataclasses.asdict(opts), opts.temporal)
 
 
-def _staged(decoded: Iterator[Frame], colorizer: Colorizer,
-            opts: PipelineOptions) -> Iterator[Frame]:
+def _staged(decoded: Iterator[Frame], colorizer: Colorizer, opts: PipelineOptions,
+            reference_of: Callable[[int], int] | None = None) -> Iterator[Frame]:
     """Colorize and temporal stages, each in its own thread (`threads.in_thread`).
 
     Decode (its own thread in `io`), colorize, temporal and the caller's encode loop run at
-    the same time. Close the returned generator to stop every stage.
+    the same time. Close the returned generator to stop every stage. `reference_of` maps a
+    frame index to the colorizer's reference (None: its only one).
     """
-    colored = in_thread(colorizer.run, decoded, STAGE_QUEUE_FRAMES, "vidcolor-colorize")
+    colored = in_thread(lambda frames: colorizer.run(frames, reference_of), decoded,
+                        STAGE_QUEUE_FRAMES, "vidcolor-colorize")
     smoother = TemporalFilter(opts.temporal)
     return in_thread(smoother.run, colored, STAGE_QUEUE_FRAMES, "vidcolor-temporal")
 

@@ -10,6 +10,7 @@ the output.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass
@@ -182,7 +183,8 @@ class ContactSheet:
         except OSError as e:
             raise EncodeError(f"Cannot write the contact sheet '{path}': {e}") from e
         finally:
-            partial.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # e.g. a folder in its way: keep the first error
+                partial.unlink(missing_ok=True)
         return path
 
     def _choose(self) -> list[_Pick]:

@@ -47,6 +47,9 @@ class RunFacts:
         frames_written: frames in the output (1 for a still).
         ref_sha256: the reference's sha256 if already computed (it is hashed otherwise).
         extra_outputs: other files the run wrote ({"preview": path, "report": path}).
+        more_refs: (path, sha256) of the other reference stills used, when several were.
+        reference_plan: which still coloured which shot (`ReferencePlan.to_dict`), when the
+            run chose among several or followed a mapping file.
     """
 
     src: Path
@@ -60,6 +63,8 @@ class RunFacts:
     frames_written: int
     ref_sha256: str | None = None
     extra_outputs: dict[str, Path] = field(default_factory=dict)
+    more_refs: list[tuple[Path, str]] = field(default_factory=list)
+    reference_plan: dict | None = None
 
 
 def sidecar_path(out: Path) -> Path:
@@ -87,7 +92,8 @@ def sha256_file(path: Path) -> str:
 
 
 def metadata_tag(model_name: str, ref_sha256: str) -> str:
-    """The value of the container tag TAG_KEY that names the tool, model and reference.
+    """The value of the container tag TAG_KEY that names the tool, model and reference(s)
+    (several sha256 are joined by commas).
 
     Example: "vidcolor 0.1.0; model match; ref sha256 9f2c...; details in the .vidcolor.json
     sidecar".
@@ -140,7 +146,8 @@ def build_record(facts: RunFacts) -> dict:
         EncodeError: a file to hash cannot be read.
     """
     ref_sha256 = facts.ref_sha256 or _hash(facts.ref)
-    return {
+    all_sha256 = ",".join([ref_sha256] + [sha for _, sha in facts.more_refs])
+    record = {
         "schema": SCHEMA_VERSION,
         "vidcolor": __version__,
         "started_utc": facts.started.isoformat(timespec="seconds"),
@@ -154,10 +161,16 @@ def build_record(facts: RunFacts) -> dict:
         "settings": facts.settings,
         "output": _file_entry(facts.out) | {"frames": facts.frames_written,
                                             "metadata": {TAG_KEY: metadata_tag(facts.model_name,
-                                                                               ref_sha256)}},
+                                                                               all_sha256)}},
         "extra_outputs": {name: str(Path(p).resolve()) for name, p in facts.extra_outputs.items()},
         "software": {"python": platform.python_version(), **_library_versions()},
     }
+    if facts.more_refs:
+        record["references"] = [record["reference"]] + [_file_entry(path, sha)
+                                                        for path, sha in facts.more_refs]
+    if facts.reference_plan is not None:
+        record["reference_plan"] = facts.reference_plan
+    return record
 
 
 def write_sidecar(facts: RunFacts) -> Path:

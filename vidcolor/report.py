@@ -47,8 +47,9 @@ CDC_STEPS = (1, 2, 4)  # frame distances d averaged by CDC
 EXACT_FLOAT32_COUNT = 1 << 24  # pixels below which float32 histogram counts are exact
 REPORT_SUFFIXES = (".html", ".htm", ".json")
 PLOT_HINT = "The flicker plot needs matplotlib: pip install vidcolor[report]"
-CONFIDENCE_NOTE = ("mean match confidence is not reported: the colouriser does not expose "
-                   "its per-frame confidence yet")
+MATCH_EVERY_S = 0.5  # match confidence is measured at each shot start and this often
+CONFIDENCE_NOTE = ("match confidence was not measured for this run (the output was made "
+                   "without the model at hand)")
 
 
 @dataclass
@@ -60,6 +61,7 @@ class _FrameStats:
     ewarp_ab: float | None
     cdc_terms: tuple[float | None, ...]  # JS divergence to frame t - d, for d in CDC_STEPS
     shot_start: bool
+    match: float | None = None  # match confidence, on sampled frames only
 
 
 class QualityMonitor:
@@ -70,14 +72,21 @@ class QualityMonitor:
             None: only the first frame and a change of frame size start one.
         time_base: unit of Frame.pts (frames are placed in time with it); None uses `fps`.
         fps: frame rate, for frames without pts; None leaves times unknown.
-        reference: name of the reference still used for every shot (shown per shot).
+        reference: the reference still used for every shot (its name is shown per shot), or
+            a function of a frame index giving the name of the still that coloured it.
+        match_confidence: a function of a frame giving the mean match confidence of its
+            reference (`references.Score.match`, a cosine similarity: higher is a closer
+            match); called at each shot start and every MATCH_EVERY_S. None: not measured.
     """
 
     def __init__(self, shot_test: Callable[[Frame], bool] | None = None,
                  time_base: Fraction | None = None, fps: Fraction | None = None,
-                 reference: str | None = None) -> None:
+                 reference: str | Callable[[int], str] | None = None,
+                 match_confidence: Callable[[Frame], float] | None = None) -> None:
         self._shot_test = shot_test
         self.reference = reference
+        self._match_confidence = match_confidence
+        self._last_match_s: float | None = None
         self._time_base = time_base
         self._fps = fps
         self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
@@ -106,8 +115,21 @@ class QualityMonitor:
         cdc_terms = tuple(float(js_divergence(self._recent[-d], hist).mean())
                           if len(self._recent) >= d else None for d in CDC_STEPS)
         self._recent.append(hist)
-        self._stats.append(_FrameStats(frame.index, self._time_s(frame), colourfulness(color),
-                                       flicker, ewarp, cdc_terms, shot_start))
+        time_s = self._time_s(frame)
+        self._stats.append(_FrameStats(frame.index, time_s, colourfulness(color), flicker,
+                                       ewarp, cdc_terms, shot_start,
+                                       self._measure_match(frame, time_s, shot_start)))
+
+    def _measure_match(self, frame: Frame, time_s: float | None, shot_start: bool) -> float | None:
+        """Match confidence at shot starts and every MATCH_EVERY_S (every frame if untimed)."""
+        if self._match_confidence is None:
+            return None
+        last = self._last_match_s
+        if not (shot_start or time_s is None or last is None or time_s - last >= MATCH_EVERY_S
+                or time_s < last):
+            return None
+        self._last_match_s = time_s
+        return float(self._match_confidence(frame))
 
     def summary(self) -> dict:
         """Per-frame values, shots and clip totals as a JSON-ready dict (NaN-free)."""
@@ -127,7 +149,7 @@ class QualityMonitor:
                 "flicker_ab": [_round(s.flicker_ab) for s in stats],
                 "ewarp_ab": [_round(s.ewarp_ab, 8) for s in stats],
             },
-            "notes": [CONFIDENCE_NOTE],
+            "notes": [] if self._match_confidence else [CONFIDENCE_NOTE],
         }
 
     def documents(self, path: Path, header: dict | None = None) -> dict[Path, str]:
@@ -177,7 +199,8 @@ class QualityMonitor:
     def _shot(self, number: int, stats: list[_FrameStats]) -> dict:
         return {"shot": number, "first_frame": stats[0].index, "last_frame": stats[-1].index,
                 "start_s": _round(stats[0].time_s), "end_s": _round(stats[-1].time_s),
-                "reference": self.reference, **_aggregate(stats)}
+                "reference": self.reference(stats[0].index) if callable(self.reference)
+                else self.reference, **_aggregate(stats)}
 
 
 def colourfulness(rgb: np.ndarray) -> float:
@@ -243,7 +266,8 @@ def render_html(data: dict) -> str:
     run_rows = "".join(f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>"
                        for k, v in data.get("run", {}).items())
     columns = ("shot", "first_frame", "last_frame", "start_s", "end_s", "frames", "reference",
-               "colourfulness_mean", "flicker_ab_mean", "flicker_ab_max", "ewarp_ab_mean", "cdc")
+               "match_confidence_mean", "colourfulness_mean", "flicker_ab_mean", "flicker_ab_max",
+               "ewarp_ab_mean", "cdc")
     shot_rows = "".join("<tr>" + "".join(f"<td>{_cell(shot.get(c))}</td>" for c in columns)
                         + "</tr>" for shot in data["shots"])
     clip = data["clip"]
@@ -272,6 +296,10 @@ output warped along the input's optical flow, over pixels where the flow is trus
 values mark shots to look at.</li><li>ewarp_ab: chroma E_warp (Lai et al. 2018), the mean
 squared ab difference / 100 over the same pixels.</li><li>cdc: colour distribution consistency
 (Liu et al. 2021) of RGB histograms at 1, 2 and 4 frames within the shot; lower is steadier.</li>
+<li>match_confidence_mean: how closely the shot's reference matches it (Deep Exemplar §4 local
+term): the mean over frame cells of the best cosine similarity of backbone features to a
+reference cell, on frames sampled every {MATCH_EVERY_S} s; low values (below ~0.5) mean the
+reference shows little of what the shot shows, so expect guessed colours.</li>
 {notes}</ul>
 </body></html>
 """
@@ -314,6 +342,7 @@ def _aggregate(stats: list[_FrameStats]) -> dict:
     per_step = [[s.cdc_terms[i] for s in stats if s.cdc_terms[i] is not None]
                 for i in range(len(CDC_STEPS))]
     cdc = [float(np.mean(terms)) for terms in per_step if terms]
+    matches = [s.match for s in stats if s.match is not None]
     return {"frames": len(stats),
             "colourfulness_mean": _round(float(np.mean([s.colourfulness for s in stats])))
             if stats else None,
@@ -321,7 +350,7 @@ def _aggregate(stats: list[_FrameStats]) -> dict:
             "flicker_ab_max": _round(float(np.max(flicker))) if flicker else None,
             "ewarp_ab_mean": _round(float(np.mean(ewarp)), 8) if ewarp else None,
             "cdc": _round(float(np.mean(cdc)), 6) if cdc else None,
-            "match_confidence_mean": None}
+            "match_confidence_mean": _round(float(np.mean(matches))) if matches else None}
 
 
 def _grid_size(shape: tuple[int, int]) -> tuple[int, int]:
