@@ -5,7 +5,8 @@ ImageNet, BSDS500 and Urban100 photos are research-only and may not ship):
   - every DreamBooth photo of ../shared/data/train/ (google/dreambooth, CC BY 4.0; the photos
     are under the Unsplash License or were taken by the authors), per its manifest.csv;
   - the public-domain and CC0 colour photos that ship inside scikit-image (astronaut, chelsea,
-    coffee, rocket), whose licences its docstrings state.
+    coffee, rocket), whose licences its docstrings state, and matplotlib's sample photo of
+    Grace Hopper (an official US Navy portrait, public domain).
 Each is saved as a JPEG (quality 90) with a long side of THUMB_PX; then the global descriptors
 are computed with the shipped backbone (`vidcolor.gallery.write_features`).
 
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import skimage.data
+from matplotlib import cbook
 from PIL import Image
 
 from vidcolor.gallery import GALLERY_DIR, gallery_stills, write_features
@@ -28,6 +30,8 @@ from vidcolor.io import load_still
 from vidcolor.references import Describer
 from vidcolor.weights import load_model
 
+HOPPER_LICENCE = ("official US Navy portrait of Commodore Grace M. Hopper (James S. Davis, "
+                  "1984); a work of the US federal government, public domain")
 THUMB_PX = 320  # long side of a gallery thumbnail (the best preset works at 320 px)
 SKIMAGE_PHOTOS = {  # name -> licence, as scikit-image's docstrings state them
     "astronaut": "NASA photograph (Eileen Collins); public domain",
@@ -67,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(f"| {entry['file']} | `{entry['source_repo']}` @ "
                         f"`{entry['source_commit'][:12]}` `{entry['source_path']}` | "
                         f"{entry['license']} |")
+    hopper = "grace_hopper.jpg"
+    with Image.open(cbook.get_sample_data(hopper)) as image:
+        thumbnail(np.asarray(image.convert("RGB"))).save(GALLERY_DIR / f"matplotlib_{hopper}",
+                                                         quality=90)
+    rows.append(f"| matplotlib_{hopper} | matplotlib sample data `{hopper}` | {HOPPER_LICENCE} |")
     for name, licence in SKIMAGE_PHOTOS.items():
         thumbnail(getattr(skimage.data, name)()).save(GALLERY_DIR / f"skimage_{name}.jpg",
                                                       quality=90)
@@ -79,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         "https://github.com/google/dreambooth): the dataset is CC BY 4.0; its photos are "
         "from Unsplash (Unsplash License) or were taken by the authors, see "
         "`dataset/references_and_licenses.txt` in that repository. scikit-image sample "
-        "photos: public domain or CC0 as listed.\n\n" + "\n".join(rows) + "\n")
+        "and matplotlib sample photos: public domain or CC0 as listed.\n\n"
+        + "\n".join(rows) + "\n")
     describer = Describer(load_model("match", device="cpu"))
     path = write_features(describer, stills, [load_still(p) for p in stills])
     size = sum(p.stat().st_size for p in GALLERY_DIR.iterdir())

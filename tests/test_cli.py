@@ -190,3 +190,26 @@ def test_output_equal_to_the_input_is_refused_even_with_overwrite(gray_clip, ref
         assert_one_line_error(result, "is the input itself")
     assert src.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["film.mp4"]
+
+
+@pytest.mark.parametrize("codec, pix_fmt, suffix", [("h265", "yuv420p10le", ".mkv"),
+                                                    ("prores", "yuv422p10le", ".mov"),
+                                                    ("ffv1", "yuv444p", ".mkv")])
+def test_pix_fmt_sets_chroma_and_depth(gray_clip, ref_still, tmp_path, codec, pix_fmt, suffix):
+    out = tmp_path / f"out{suffix}"
+    result = run(gray_clip, "-r", ref_still, "-o", out, "--codec", codec, "--pix-fmt", pix_fmt,
+                 "--no-temporal", "-q")
+    assert result.exit_code == 0, result.output
+    assert io.probe(out).pix_fmt == pix_fmt
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("--pix-fmt", "yuv422p10le"), "prores only"),
+    (("--codec", "prores", "--pix-fmt", "yuv420p"), "ProRes is 10-bit"),
+    (("--pix-fmt", "yuv444p", "--bit-depth", "10"), "contradicts"),
+    (("--pix-fmt", "rgb24"), "'rgb24' is not one of"),
+])
+def test_bad_pix_fmt_is_a_usage_error(gray_clip, ref_still, tmp_path, args, fragment):
+    result = run(gray_clip, "-r", ref_still, "-o", tmp_path / "out.mkv", *args, "-q")
+    assert result.exit_code == 2 and fragment in result.output
+    assert not (tmp_path / "out.mkv").exists()

@@ -188,3 +188,30 @@ def test_rotated_film_is_shown_upright(media_dir, ref_still, tmp_path):
     for column, index in enumerate(expected.chosen_indices()):
         x, y, w, h = expected.layout.cell_box(0, column)
         assert np.array_equal(sheet[y:y + h, x:x + w], np.rot90(sources[index], turns))
+
+
+def test_rotated_film_compare_shows_input_left_of_output_once_turned(media_dir, ref_still,
+                                                                     tmp_path):
+    """A film with a display rotation keeps it in the comparison video; turned upright as a
+    player turns it, the input is on the left and the output on the right."""
+    from conftest import write_clip
+
+    src = write_clip(media_dir / "turned_cmp.mp4", n_frames=4, audio=False, rotation_deg=90)
+    info = io.probe(src)
+    turns = info.rotation_deg // 90
+    side = tmp_path / "side.mp4"
+    vidcolor.colorize_video(src, ref_still, tmp_path / "out.mp4", compare=side)
+    side_info = io.probe(side)
+    assert side_info.rotation_deg == info.rotation_deg
+    assert (side_info.width, side_info.height) == (info.width, 2 * info.height)
+    for source, shown in zip(io.read_frames(src), io.read_frames(side), strict=True):
+        upright = np.rot90(shown.source, turns)  # as displayed
+        left, right = np.hsplit(upright, 2)
+        assert np.abs(left.astype(int) - np.rot90(source.source, turns)).mean() < 6.0  # CRF 20
+        assert chroma(right) > chroma(left) + 5.0  # the coloured half is on the right
+
+
+def chroma(rgb: np.ndarray) -> float:
+    small = rgb.astype(np.int16)
+    return float((np.abs(small[..., 0] - small[..., 1]) + np.abs(small[..., 1] - small[..., 2]))
+                 .mean())

@@ -176,7 +176,7 @@ def test_ref_auto_colours_a_film_from_the_shipped_gallery(two_photo_clip, tmp_pa
     out = tmp_path / "auto.mp4"
     result = runner.invoke(app, [str(two_photo_clip), "--ref", "auto", "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert "of 50 reference(s) used" in result.stderr
+    assert f"of {len(gallery_stills())} reference(s) used" in result.stderr
     colour = [f.source for f in io.read_frames(out)]
     chroma = np.mean([np.hypot(*rgb_to_lab(f)[..., 1:].reshape(-1, 2).T).mean() for f in colour])
     assert chroma > 5.0  # coloured, not grey

@@ -179,7 +179,7 @@ class RunExtras:
             if collector is not None:
                 collector.add(frame)
         if self.compare_writer is not None:
-            self.compare_writer.write(side_by_side(frame))
+            self.compare_writer.write(side_by_side(frame, self.info.rotation_deg))
         elif self.request.compare is not None:  # a still input: one side-by-side image
             write_still(self.request.compare, side_by_side(frame).color,
                         comment=self.tag[TAG_KEY])

@@ -24,7 +24,7 @@ from . import __version__
 from .batch import DEFAULT_SEGMENT_FRAMES, JobStatus, ReelQueue, WorkerOptions, WorkerStatus
 from .byproducts import ExtrasRequest
 from .colorize import ColorizeOptions
-from .encode import CHROMA_CHOICES, CODECS, X26X_PRESETS, EncodeOptions
+from .encode import CHROMA_CHOICES, CODECS, PIX_FMTS, X26X_PRESETS, EncodeOptions
 from .errors import OptionsError, VidcolorError
 from .io import is_still_image
 from .pipeline import DEVICE_CHOICES, PRESETS, PipelineOptions, colorize_video, preset_options
@@ -84,6 +84,7 @@ def colorize(
     encoder_preset: Annotated[str | None, typer.Option("--encoder-preset", help=f"x264/x265 speed preset ({', '.join(X26X_PRESETS)}): slower gives smaller files at the same quality. Default: from --preset (veryfast, medium, slow).", show_default=False)] = None,
     chroma: Annotated[str, typer.Option("--chroma", help="Chroma subsampling: 420 (plays everywhere) or 444 (full colour resolution).")] = EncodeOptions.chroma,
     bit_depth: Annotated[int | None, typer.Option("--bit-depth", help="8 or 10 bits per sample. Default: 8 for h264, the input's depth otherwise.", show_default=False)] = None,
+    pix_fmt: Annotated[str | None, typer.Option("--pix-fmt", help=f"Output pixel format, the FFmpeg way, instead of --chroma and --bit-depth: {', '.join(PIX_FMTS)} (yuv422p10le with prores only).", show_default=False)] = None,
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when present, else CPU), cpu or cuda.")] = "auto",
     preview: Annotated[Path | None, typer.Option("--preview", help="Also write a contact sheet image (.png or .jpg) to check the result at a glance: evenly spaced frames, the input above the output, with the reference.", show_default=False)] = None,
     preview_frames: Annotated[int, typer.Option("--preview-frames", min=1, max=MAX_PREVIEW_FRAMES, help="How many frames the contact sheet shows.")] = PREVIEW_FRAMES,
@@ -106,6 +107,8 @@ def colorize(
     _choice_preset(preset, encoder_preset)
     _choice(chroma, CHROMA_CHOICES, "--chroma")
     _choice(device, DEVICE_CHOICES, "--device")
+    if pix_fmt is not None:
+        chroma, bit_depth = _pix_fmt_knobs(pix_fmt, codec, chroma, bit_depth)
     _setup_logging(quiet, debug)
     with _reported_errors(debug):
         try:
@@ -120,6 +123,25 @@ def colorize(
                        preview_frames=preview_frames, report=report, compare=compare,
                        ref_map=ref_map, on_plan=None if quiet else _print_plan)
         typer.echo(str(target))
+
+
+def _pix_fmt_knobs(pix_fmt: str, codec: str, chroma: str,
+                   bit_depth: int | None) -> tuple[str, int]:
+    """--pix-fmt as (chroma, bit depth); refuses one the codec cannot take or that contradicts
+    an explicit --chroma or --bit-depth."""
+    _choice(pix_fmt, PIX_FMTS, "--pix-fmt")
+    wanted_chroma, wanted_depth = PIX_FMTS[pix_fmt]
+    if pix_fmt == "yuv422p10le" and codec != "prores":
+        raise typer.BadParameter("4:2:2 is written by --codec prores only; use yuv420p10le or "
+                                 "yuv444p10le", param_hint="--pix-fmt")
+    if codec == "prores" and wanted_depth == 8:
+        raise typer.BadParameter("ProRes is 10-bit: use yuv422p10le or yuv444p10le",
+                                 param_hint="--pix-fmt")
+    if chroma != EncodeOptions.chroma and chroma != wanted_chroma or (
+            bit_depth is not None and bit_depth != wanted_depth):
+        raise typer.BadParameter(f"{pix_fmt} contradicts --chroma/--bit-depth; give one or the "
+                                 f"other", param_hint="--pix-fmt")
+    return wanted_chroma, wanted_depth
 
 
 def _print_plan(plan: ReferencePlan) -> None:

@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 
 CODECS = {"h264": "libx264", "h265": "libx265", "ffv1": "ffv1", "prores": "prores_ks"}
 CHROMA_CHOICES = ("420", "444")
+# FFmpeg pixel format names a user may ask for -> (chroma, bit depth) of EncodeOptions.
+# 4:2:2 exists for ProRes only, which writes its "420" choice as 4:2:2.
+PIX_FMTS = {"yuv420p": ("420", 8), "yuv444p": ("444", 8), "yuv420p10le": ("420", 10),
+            "yuv444p10le": ("444", 10), "yuv422p10le": ("420", 10)}
 X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower")
 CONTAINER_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi"}
 PARTIAL_SUFFIX = ".partial"  # in-progress output is OUT + this suffix

@@ -216,26 +216,36 @@ class ContactSheet:
         return np.ascontiguousarray(np.rot90(rgb, self._turns)) if self._turns else rgb
 
 
-def side_by_side(frame: Frame) -> Frame:
+def side_by_side(frame: Frame, rotation_deg: int = 0) -> Frame:
     """The input and its colourisation next to each other, as one frame for the encoder.
 
     Args:
         frame: `source` and `color` (H, W, 3) uint8 RGB, optional `luma_plane` (H, W).
+        rotation_deg: the film's display rotation (counter-clockwise), which the comparison
+            video keeps: the halves are put where they appear side by side once rotated.
 
     Returns:
-        A Frame of width 2W with the same index and pts: `color` is input | output, and
-        `source` / `luma_plane` are the input twice (the output's luma is the input's, so the
-        encoder keeps the input's own luma plane on both halves).
+        A Frame with the same index and pts, twice as wide as displayed: `color` is input |
+        output, and `source` / `luma_plane` are the input twice (the output's luma is the
+        input's, so the encoder keeps the input's own luma plane on both halves).
     """
     if frame.color is None:
         raise EncodeError(f"Frame {frame.index} reached the comparison video without colour")
-    luma = None if frame.luma_plane is None else np.hstack([frame.luma_plane, frame.luma_plane])
-    return Frame(frame.index, frame.pts, np.hstack([frame.source, frame.source]), luma,
-                 np.hstack([frame.source, frame.color]))
+    turns = round(rotation_deg / 90) % 4
+
+    def pair(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        shown = np.hstack([np.rot90(left, turns), np.rot90(right, turns)])
+        return np.ascontiguousarray(np.rot90(shown, -turns)) if turns else shown
+
+    luma = None if frame.luma_plane is None else pair(frame.luma_plane, frame.luma_plane)
+    return Frame(frame.index, frame.pts, pair(frame.source, frame.source), luma,
+                 pair(frame.source, frame.color))
 
 
 def side_by_side_info(info: VideoInfo) -> VideoInfo:
-    """The VideoInfo of the side-by-side video: the input's, twice as wide."""
+    """The VideoInfo of the side-by-side video: the input's, twice as wide as displayed."""
+    if round(info.rotation_deg / 90) % 2:
+        return dataclasses.replace(info, height=2 * info.height)
     return dataclasses.replace(info, width=2 * info.width)
 
 

@@ -136,7 +136,7 @@ class QualityMonitor:
         stats = self._stats
         starts = [i for i, s in enumerate(stats) if s.shot_start]
         shots = [self._shot(number, stats[a:b]) for number, (a, b) in
-                 enumerate(zip(starts, starts[1:] + [len(stats)], strict=True))]
+                 enumerate(zip(starts, starts[1:] + [len(stats)], strict=True), 1)]
         return {
             "frames": len(stats),
             "cuts": [stats[i].index for i in starts[1:]],
