@@ -101,6 +101,8 @@ ROTATION_DEG = 10.0  # max absolute rotation, degrees
 CROP_MIN = 0.75  # smallest kept fraction of each side
 REFERENCE_SUFFIX = "_frame0.png"  # CLIP.mp4's first frame, in colour: CLIP_frame0.png
 GREY_COPY_ENCODING = EncodeOptions(crf=0, preset="ultrafast")  # lossless H.264: Y kept exactly
+METHOD_HELP = (f"colouriser: {', '.join(available_models())}, or the path of a checkpoint "
+               "(scripts/train.py --out), to measure a candidate before shipping it")
 VIDEO_HEADER = (  # columns of the videos table
     f"{'clip':30s} {'path':>6s} {'λ':>5s} {'PSNR dB':>8s} {'SSIM':>7s} {'Ewarp RGB':>10s} "
     f"{'Ewarp ab':>10s} {'CDC':>10s} {'fps':>6s} {'ms/f':>6s}")
@@ -193,12 +195,12 @@ def cmd_images(args: argparse.Namespace) -> int:
     if not paths:
         print(f"evaluate.py images: no .jpg/.jpeg/.png photos in '{args.dir}'", file=sys.stderr)
         return 1
-    opts = ColorizeOptions(method=args.method)
+    model = load_model(args.method, device=args.device)
+    opts = ColorizeOptions(method=model.config.kind)
     if args.side:
         opts = dataclasses.replace(opts, work_side_px=args.side)
     if args.stride:
         opts = dataclasses.replace(opts, feature_stride_px=args.stride)
-    model = load_model(args.method, device=args.device)
     scores: dict[str, list[tuple[float, float]]] = {"grey": [], "reinhard": [], "vidcolor": []}
     skipped = 0
     started = time.perf_counter()
@@ -433,8 +435,8 @@ def cmd_videos(args: argparse.Namespace) -> int:
         return 1
     default = TemporalOptions().strength
     strengths = sorted({0.0, default, *args.strengths})
-    opts = ColorizeOptions(method=args.method)
     model = load_model(args.method, device=args.device)
+    opts = ColorizeOptions(method=model.config.kind)
     print(f"{len(clips)} clips from {args.dir}, λ in {strengths} (default {default}), {opts}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     print(VIDEO_HEADER, flush=True)
@@ -465,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     images = sub.add_parser("images", help="self-augmentation PSNR/SSIM on a folder of photos")
     images.add_argument("dir", type=Path, help="folder of colour photos")
     images.add_argument("--limit", type=int, default=0, help="first N photos (sorted); 0 = all")
-    images.add_argument("--method", default="match", choices=available_models())
+    images.add_argument("--method", default="match", help=METHOD_HELP)
     images.add_argument("--side", type=int, default=0, help="work_side_px; 0 = default")
     images.add_argument("--stride", type=int, default=0, help="feature_stride_px; 0 = default")
     images.add_argument("--seed", type=int, default=0, help="seed of the reference distortions")
@@ -482,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
                              "(0 and the default are always run)")
     videos.add_argument("--end-to-end", action="store_true",
                         help="also run colorize_video (default settings, λ 0 and default)")
-    videos.add_argument("--method", default="match", choices=available_models())
+    videos.add_argument("--method", default="match", help=METHOD_HELP)
     videos.add_argument("--device", default=None, help="cpu, cuda; default: auto")
     videos.add_argument("--verbose", "-v", action="store_true", help="per-clip rows at every λ")
     videos.set_defaults(func=cmd_videos)

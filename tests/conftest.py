@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from fractions import Fraction
 from pathlib import Path
@@ -86,6 +87,56 @@ def colorful_still(width: int = 96, height: int = 72) -> np.ndarray:
         (255 * x / width), (255 * y / height), 255 - 255 * x / width,
     ], axis=-1)
     return rgb.astype(np.uint8)
+
+
+GALLERY_STILLS = ROOT / "vidcolor" / "gallery_stills"
+PHOTO_SIZE = (160, 120)  # width, height of the films made of gallery photos
+
+
+@functools.lru_cache(maxsize=8)
+def gallery_photo(name: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of the gallery's public-domain scikit-image photo `name`."""
+    from PIL import Image
+
+    with Image.open(GALLERY_STILLS / f"skimage_{name}.jpg") as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def panned_view(rgb: np.ndarray, index: int) -> np.ndarray:
+    """A PHOTO_SIZE view of `rgb` panning 2 px per frame: a shot with motion, up to ~35 frames."""
+    from PIL import Image
+
+    height = rgb.shape[0] - 8
+    width = round(height * PHOTO_SIZE[0] / PHOTO_SIZE[1])
+    view = rgb[4 : 4 + height, 2 * index : 2 * index + width]
+    return np.asarray(Image.fromarray(view).resize(PHOTO_SIZE, Image.Resampling.LANCZOS))
+
+
+def photo_shots(names: tuple[str, ...], shot_frames: int):
+    """A `write_clip` frame_of: a grey film whose k-th shot of `shot_frames` pans over photo
+    names[k], so the right reference of each shot is known by construction."""
+
+    def frame_of(index: int, width: int, height: int) -> np.ndarray:
+        from PIL import Image
+
+        rgb = panned_view(gallery_photo(names[index // shot_frames]), index % shot_frames)
+        grey = np.asarray(Image.fromarray(rgb).convert("L"))
+        return np.repeat(grey[..., None], 3, axis=2)
+
+    return frame_of
+
+
+@pytest.fixture(scope="session")
+def photo_stills(tmp_path_factory) -> Path:
+    """A folder of three colour references: other views of coffee and rocket, and a distractor."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("photo_stills")
+    for name, crop in (("rocket", np.s_[10:, ::-1]), ("chelsea", np.s_[:, :]),
+                       ("coffee", np.s_[10:, 30:])):
+        still = np.ascontiguousarray(gallery_photo(name)[crop])
+        Image.fromarray(still).save(folder / f"{name}.png")
+    return folder
 
 
 @pytest.fixture(scope="session")

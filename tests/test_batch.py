@@ -1,11 +1,14 @@
 """The reel queue, for real: SQLite and Redis backends, worker subprocesses, SIGKILL, resume.
 
 Workers run as `python -m vidcolor queue worker` subprocesses on tiny synthetic reels with a shot
-cut; jobs are added through the Python API (so they can use a small working size) or the CLI.
+cut, and on films of real photos (a shot each) for several references; jobs are added through
+the Python API (so they can use a small working size) or the CLI.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -21,12 +24,12 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import moving_bars, write_clip
+from conftest import PHOTO_SIZE, moving_bars, photo_shots, write_clip
 from PIL import Image
 from typer.testing import CliRunner
 
 from vidcolor import io
-from vidcolor.batch import ReelQueue, work_dir
+from vidcolor.batch import ReelQueue, job_id_for, work_dir
 from vidcolor.byproducts import ExtrasRequest
 from vidcolor.cli import app, queue_app
 from vidcolor.colorize import ColorizeOptions
@@ -40,7 +43,8 @@ from vidcolor.pipeline import (
     join_reel,
     plan_segments,
 )
-from vidcolor.provenance import sidecar_path
+from vidcolor.provenance import sha256_file, sidecar_path
+from vidcolor.references import ReferencePlan
 
 FAST = PipelineOptions(colorize=ColorizeOptions(work_side_px=64))  # keeps a frame ~30 ms on CPU
 WORKER_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "VIDCOLOR_DEBUG": "0"}  # 2 shared cores
@@ -524,3 +528,216 @@ def test_queue_subcommand_keeps_the_main_form(monkeypatch, capsys):
     help_text = capsys.readouterr().out
     for command in ("add", "worker", "status", "retry", "cancel"):
         assert command in help_text
+
+
+# -- several references -------------------------------------------------------------------
+
+SEG_DONE_LINE = re.compile(r"job \w+: seg:\d+ done \(frames (\d+)-(\d+) of")
+
+
+@pytest.fixture(scope="module")
+def coffee_rocket_reel(tmp_path_factory) -> Path:
+    """A real two-shot film: 12 frames panning over the coffee photo, then 12 over the rocket."""
+    return write_clip(tmp_path_factory.mktemp("photo_reels") / "cups.mp4", n_frames=24,
+                      width=PHOTO_SIZE[0], height=PHOTO_SIZE[1],
+                      frame_of=photo_shots(("coffee", "rocket"), 12))
+
+
+def mean_ab(rgb_frames: list[np.ndarray]) -> np.ndarray:
+    return np.mean([rgb_to_lab(f)[..., 1:].reshape(-1, 2).mean(0) for f in rgb_frames], axis=0)
+
+
+def assert_each_shot_has_its_own_colours(out: Path, stills: Path, cut: int) -> None:
+    """The shots before and after `cut` are closer in mean ab to coffee and rocket resp."""
+    colour = [f.source for f in io.read_frames(out)]
+    coffee, rocket = (mean_ab([io.load_still(stills / n)]) for n in ("coffee.png", "rocket.png"))
+    for shot, own, other in ((colour[:cut], coffee, rocket), (colour[cut:], rocket, coffee)):
+        ab = mean_ab(shot)
+        assert np.linalg.norm(ab - own) < np.linalg.norm(ab - other), (ab, own, other)
+
+
+def logged_plan(log: Path) -> list[str]:
+    """The shot lines of the reference plans a worker logged (its mapping-file lines)."""
+    return [line for line in log.read_text().splitlines() if "  # shot " in line]
+
+
+def plan_choices(lines: list[str]) -> list[str]:
+    """Each shot's start, still, end and frames, without its scores (rounded in storage)."""
+    return [line.split(", score")[0] for line in lines]
+
+
+def test_segments_with_a_reference_plan_equal_one_pass(coffee_rocket_reel, photo_stills,
+                                                       tmp_path):
+    """Lossless proof with two stills: the plan made while segmenting, stored as JSON and
+    rebuilt, gives each segment the frames of a one-pass run with the same stills."""
+    opts = PipelineOptions(colorize=ColorizeOptions(work_side_px=64),
+                           encode=EncodeOptions(codec="ffv1"))
+    stills = [photo_stills / "coffee.png", photo_stills / "rocket.png"]
+    one_pass = colorize_video(coffee_rocket_reel, stills, tmp_path / "one.mkv", opts)
+    made = []
+    segments = plan_segments(coffee_rocket_reel, stills, tmp_path / "joined.mkv", opts,
+                             segment_frames=12, on_plan=made.append)
+    assert segments == [(0, 12), (12, 24)]
+    [plan] = made
+    stored = json.loads(json.dumps(plan.to_dict()))  # as the queue keeps it
+    rebuilt = ReferencePlan.from_dict(stored)
+    assert rebuilt.to_dict() == stored and rebuilt.used() == plan.used() == [0, 1]
+    assert [rebuilt.reference_at(i) for i in (0, 11, 12, 23, 99)] == [0, 0, 1, 1, 1]
+    files = [tmp_path / f"seg{n}.mkv" for n in range(len(segments))]
+    for (start, stop), path in zip(segments, files, strict=True):
+        assert colorize_segment(coffee_rocket_reel, rebuilt, path, start, stop, opts) == 12
+    joined = join_reel(coffee_rocket_reel, files, tmp_path / "joined.mkv", opts, ref=rebuilt)
+    for a, b in zip(io.read_frames(one_pass), io.read_frames(joined), strict=True):
+        assert np.array_equal(a.source, b.source)
+    record = json.loads(sidecar_path(joined).read_text())
+    assert record["reference_plan"] == stored
+    assert [Path(e["path"]).name for e in record["references"]] == ["coffee.png", "rocket.png"]
+
+
+def test_a_reel_queued_with_a_folder_of_stills_gives_each_shot_its_own(
+        coffee_rocket_reel, photo_stills, tmp_path):
+    """`queue add --ref FOLDER`: the worker chooses once per reel, the segments (split at the
+    cut, the second shot split again) follow the choice, and the outputs record it."""
+    url = str(tmp_path / "queue.sqlite3")
+    out, qa, sheet = tmp_path / "cups.color.mp4", tmp_path / "qa.json", tmp_path / "sheet.png"
+    added = runner.invoke(queue_app, ["add", str(coffee_rocket_reel), "--ref", str(photo_stills),
+                                      "--out-dir", str(tmp_path), "--segment-frames", "8",
+                                      "--report", str(qa), "--preview", str(sheet),
+                                      "--queue", url])
+    assert added.exit_code == 0 and " queued " in added.output, added.output
+    job_id = added.output.split()[0]
+    status = runner.invoke(queue_app, ["status", "--queue", url])
+    assert "cups.color.mp4 (3 references)" in status.output, status.output
+    log = tmp_path / "worker.log"
+    assert start_worker(url, log, "--once").wait(timeout=300) == 0, log.read_text()[-3000:]
+    job = jobs_by_reel(ReelQueue(url))["cups.mp4"]
+    assert job.state == "done" and job.references_used == 2, log.read_text()[-3000:]
+    assert_same_film(coffee_rocket_reel, out)
+
+    text = log.read_text()
+    assert text.count(f"job {job_id}: 2 shot(s), 2 of 3 reference(s) used:") == 1
+    lines = logged_plan(log)
+    assert len(lines) == 2 and "coffee.png" in lines[0] and "rocket.png" in lines[1]
+    assert sorted((int(a), int(b)) for a, b in SEG_DONE_LINE.findall(text)) == [
+        (0, 11), (12, 19), (20, 23)]  # cut at the shot cut; the rocket shot split in two
+
+    record = json.loads(sidecar_path(out).read_text())
+    plan = record["reference_plan"]
+    assert [Path(s["reference"]).name for s in plan["shots"]] == ["coffee.png", "rocket.png"]
+    assert [(s["first_frame"], s["last_frame"]) for s in plan["shots"]] == [(0, 11), (12, 23)]
+    assert plan_choices(ReferencePlan.from_dict(plan).lines()[1:]) == plan_choices(lines)
+    used = {Path(e["path"]).name: e["sha256"] for e in record["references"]}
+    assert used == {n: sha256_file(photo_stills / n) for n in ("coffee.png", "rocket.png")}
+    report = json.loads(qa.read_text())
+    assert [s["reference"] for s in report["shots"]] == ["coffee.png", "rocket.png"]
+    assert all(0.0 < s["match_confidence_mean"] <= 1.0 for s in report["shots"])
+    with Image.open(sheet) as image:
+        assert image.width > 6 * PHOTO_SIZE[0]  # both stills beside the frames
+    assert_each_shot_has_its_own_colours(out, photo_stills, 12)
+    status = runner.invoke(queue_app, ["status", "--queue", url])
+    assert "(2 of 3 references)" in status.output, status.output
+
+
+def test_a_killed_worker_resumes_with_the_same_reference_plan(photo_stills, tmp_path):
+    """SIGKILL mid-reel, then cancel and retry (which plans again): the stored plan is kept,
+    finished segments are not redone, and every shot still has its own still."""
+    reel = write_clip(tmp_path / "long.mp4", n_frames=48, width=PHOTO_SIZE[0],
+                      height=PHOTO_SIZE[1], frame_of=photo_shots(("coffee", "rocket"), 24))
+    out = tmp_path / "long.color.mp4"
+    url = str(tmp_path / "queue.sqlite3")
+    queue = ReelQueue(url)
+    job_id = queue.add(reel, [photo_stills], out, PipelineOptions(), segment_frames=8).id
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    first = start_worker(url, first_log, "--keep-segments")
+    wait_until(lambda: jobs_by_reel(queue)["long.mp4"].segments_done >= 2, 180,
+               "two finished segments")
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    job = jobs_by_reel(queue)["long.mp4"]
+    assert job.segments_done < job.segments_total == 6, job
+    chosen = logged_plan(first_log)
+    assert len(chosen) == 2 and "coffee.png" in chosen[0] and "rocket.png" in chosen[1]
+    finished = {p.name: p.stat().st_mtime_ns for p in work_dir(out).glob("seg-*.mp4")}
+    queue.cancel(job_id)
+    queue.retry(job_id)  # plans the reel again
+    second = start_worker(url, second_log, "--once", "--keep-segments")
+    assert second.wait(timeout=300) == 0, second_log.read_text()[-3000:]
+    assert jobs_by_reel(queue)["long.mp4"].state == "done", second_log.read_text()[-3000:]
+    text = second_log.read_text()
+    assert f"job {job_id}: keeps its reference plan (2 shot(s))" in text
+    assert not logged_plan(second_log)  # no new choice was made
+    for name, mtime_ns in finished.items():
+        assert (work_dir(out) / name).stat().st_mtime_ns == mtime_ns, name
+    redone = {step for job, step in computed_steps(second_log)[0] if job == job_id}
+    assert len(redone) == 6 - len(finished)
+    plan = json.loads(sidecar_path(out).read_text())["reference_plan"]
+    assert plan_choices(ReferencePlan.from_dict(plan).lines()[1:]) == plan_choices(chosen)
+    assert_same_film(reel, out)
+    assert_each_shot_has_its_own_colours(out, photo_stills, 24)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("soon rocket.png\n", "map.txt:1: expected 'START REFERENCE'"),
+    ("0 rocket.png\n1.5 nowhere.png\n", "map.txt:2: reference 'nowhere.png' does not exist"),
+])
+def test_a_bad_reference_map_is_one_line_at_queue_add(reel, photo_stills, tmp_path, text,
+                                                      fragment):
+    mapping = tmp_path / "map.txt"
+    mapping.write_text(text)
+    url = str(tmp_path / "queue.sqlite3")
+    reels = copies(reel, tmp_path / "reels", 2)
+    result = runner.invoke(queue_app, ["add", *map(str, reels), "--ref", str(photo_stills),
+                                       "--ref-map", str(mapping), "--queue", url])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and fragment in lines[0], lines
+    alone = runner.invoke(app, [str(reels[0]), "--ref", str(photo_stills), "--ref-map",
+                                str(mapping), "-q"])
+    assert alone.exit_code == 1 and alone.output.strip() == lines[0]
+    assert ReelQueue(url).status()[0] == []
+
+
+def test_single_reference_jobs_keep_their_ids(reel, ref_still, photo_stills, tmp_path):
+    """Queues made before several references could be given stay valid."""
+    out = tmp_path / "reel.color.mp4"
+    identity = {"reel": str(reel.resolve()), "ref": str(ref_still.resolve()),
+                "out": str(out.resolve()),
+                "options": dataclasses.asdict(dataclasses.replace(FAST, overwrite=False))}
+    before = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
+    queue = ReelQueue(str(tmp_path / "queue.sqlite3"))
+    assert queue.add(reel, ref_still, out, FAST).id == before.hexdigest()[:10]
+    assert job_id_for(reel, [ref_still], out, FAST) == before.hexdigest()[:10]
+    one = tmp_path / "one"  # a folder of one still is that still
+    one.mkdir()
+    shutil.copyfile(ref_still, one / "ref.png")
+    other_queue = ReelQueue(str(tmp_path / "other.sqlite3"))
+    assert other_queue.add(reel, one, out, FAST).id == job_id_for(reel, one / "ref.png", out,
+                                                                  FAST)
+    several = job_id_for(reel, [photo_stills / "coffee.png", photo_stills / "rocket.png"], out,
+                         FAST)
+    mapping = tmp_path / "map.txt"
+    mapping.write_text("0 coffee.png\n")
+    mapped = job_id_for(reel, [photo_stills / "coffee.png"], out, FAST, ref_map=mapping)
+    mapping.write_text("0 rocket.png\n")
+    remapped = job_id_for(reel, [photo_stills / "coffee.png"], out, FAST, ref_map=mapping)
+    assert len({before.hexdigest()[:10], several, mapped, remapped}) == 4
+
+
+def test_worker_refuses_a_map_that_names_a_still_outside_its_folders(reel, photo_stills,
+                                                                     tmp_path):
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    shutil.copyfile(photo_stills / "coffee.png", allowed / "coffee.png")
+    mapping = allowed / "map.txt"
+    mapping.write_text(f"0 coffee.png\n0.3 {photo_stills / 'rocket.png'}\n")
+    url = str(tmp_path / "queue.sqlite3")
+    queue = ReelQueue(url)
+    queue.add(copies(reel, allowed, 1)[0], [allowed / "coffee.png"], allowed / "out.mp4", FAST,
+              ref_map=mapping)
+    log = tmp_path / "worker.log"
+    worker = start_worker(url, log, "--once", "--allow-dir", str(allowed))
+    assert worker.wait(timeout=120) == 0, log.read_text()[-2000:]
+    [job] = queue.status()[0]
+    assert job.state == "failed" and job.references == 1 and job.references_used is None
+    assert f"The reference '{photo_stills / 'rocket.png'}' lies outside" in job.error
+    assert not (allowed / "out.mp4").exists()

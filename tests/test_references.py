@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import PHOTO_SIZE, photo_shots, write_clip
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -34,46 +35,20 @@ from vidcolor.temporal import TemporalOptions
 from vidcolor.weights import load_model
 
 CUT_AT = 12  # first frame of the second shot
-SIZE = (160, 120)  # clip width, height
 runner = CliRunner()
-
-
-def photo(name: str) -> np.ndarray:
-    with Image.open(GALLERY_DIR / f"skimage_{name}.jpg") as image:
-        return np.asarray(image.convert("RGB"))
-
-
-def pan(rgb: np.ndarray, index: int) -> np.ndarray:
-    """A SIZE view of `rgb` that pans 2 px per frame (a shot with motion)."""
-    height = rgb.shape[0] - 8
-    width = round(height * SIZE[0] / SIZE[1])
-    view = rgb[4 : 4 + height, 2 * index : 2 * index + width]
-    return np.asarray(Image.fromarray(view).resize(SIZE, Image.Resampling.LANCZOS))
-
-
-def coffee_then_rocket(index: int, width: int, height: int) -> np.ndarray:
-    """Grey film: a coffee cup until CUT_AT, then the rocket."""
-    rgb = pan(photo("coffee" if index < CUT_AT else "rocket"), index % CUT_AT)
-    grey = np.asarray(Image.fromarray(rgb).convert("L"))
-    return np.repeat(grey[..., None], 3, axis=2)
 
 
 @pytest.fixture(scope="module")
 def two_photo_clip(media_dir) -> Path:
-    from conftest import write_clip
-
-    return write_clip(media_dir / "coffee_rocket.mp4", n_frames=2 * CUT_AT, width=SIZE[0],
-                      height=SIZE[1], frame_of=coffee_then_rocket)
+    """Grey film: a coffee cup until CUT_AT, then the rocket (panning)."""
+    return write_clip(media_dir / "coffee_rocket.mp4", n_frames=2 * CUT_AT, width=PHOTO_SIZE[0],
+                      height=PHOTO_SIZE[1], frame_of=photo_shots(("coffee", "rocket"), CUT_AT))
 
 
 @pytest.fixture(scope="module")
-def stills(tmp_path_factory) -> Path:
-    """A folder of three colour references: other views of the two photos, and a distractor."""
-    folder = tmp_path_factory.mktemp("stills")
-    for name, crop in (("rocket", np.s_[10:, ::-1]), ("chelsea", np.s_[:, :]),
-                       ("coffee", np.s_[10:, 30:])):
-        Image.fromarray(np.ascontiguousarray(photo(name)[crop])).save(folder / f"{name}.png")
-    return folder
+def stills(photo_stills) -> Path:
+    """rocket.png, chelsea.png (a distractor) and coffee.png: other views of the photos."""
+    return photo_stills
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +175,7 @@ def test_gallery_ships_licensed_stills_with_current_descriptors(model):
 
 def test_a_still_with_several_references_takes_the_best(stills, tmp_path):
     src = tmp_path / "cup.png"
-    Image.fromarray(coffee_then_rocket(3, *SIZE)).save(src)
+    Image.fromarray(photo_shots(("coffee",), 8)(3, *PHOTO_SIZE)).save(src)
     out = vidcolor.colorize_video(src, [stills], tmp_path / "cup.color.png")
     record = json.loads(out.with_name(out.name + ".vidcolor.json").read_text())
     assert Path(record["reference"]["path"]).name == "coffee.png"

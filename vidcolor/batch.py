@@ -1,12 +1,14 @@
 """The reel queue: reels are jobs on Huey, with SQLite (one machine) or Redis (many) behind it.
 
 A job runs as steps, each a Huey task: "plan" checks the request and splits the film into
-segments, "seg:N" colourises segment N into a checkpoint file in a hidden work folder beside the
-output, and "join" puts the segments end to end with the original audio, then makes the contact
-sheet, report and side-by-side video the job asked for from the joined file. Steps of one reel may
-run on different workers at once. Job records live in the backend's key-value store and finished
-segments in the work folder, so the job of a crashed or killed worker resumes after its last
-complete segment. Colourising is pipeline.py's business; this module never prints.
+segments (and, with several references, chooses the still of every shot once, kept with the
+job so that every segment follows the same choice), "seg:N" colourises segment N into a
+checkpoint file in a hidden work folder beside the output, and "join" puts the segments end to
+end with the original audio, then makes the contact sheet, report and side-by-side video the
+job asked for from the joined file. Steps of one reel may run on different workers at once.
+Job records live in the backend's key-value store and finished segments in the work folder, so
+the job of a crashed or killed worker resumes after its last complete segment. Colourising is
+pipeline.py's business; this module never prints.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import shutil
 import stat
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +38,7 @@ from .errors import (
     VideoOpenError,
 )
 from .frames import VideoInfo
+from .gallery import GALLERY_DIR
 from .jobs import (
     ACTIVE,
     BACKEND_ERRORS,
@@ -51,11 +55,14 @@ from .jobs import (
 from .pipeline import (
     PipelineOptions,
     _identity,
+    _load,
     check_film_request,
     colorize_segment,
     join_reel,
     plan_segments,
 )
+from .provenance import sha256_file
+from .references import ReferencePlan, expand_references, read_reference_map
 from .report import report_paths
 
 logger = logging.getLogger(__name__)
@@ -115,16 +122,27 @@ def work_dir(out: Path) -> Path:
     return Path(out).with_name(f".{Path(out).name}{WORK_SUFFIX}")
 
 
-def job_id_for(reel: Path, ref: Path, out: Path, opts: PipelineOptions,
-               extras: ExtrasRequest | None = None) -> str:
-    """The job id: the same reel, reference, output, settings and by-products give the same id.
+def job_id_for(reel: Path, ref: Path | Sequence[Path], out: Path, opts: PipelineOptions,
+               extras: ExtrasRequest | None = None, ref_map: Path | None = None) -> str:
+    """The job id: the same reel, reference(s), output, settings and by-products give the same
+    id (and the same mapping file, by its content).
 
     `overwrite` does not count: it does not change the picture. A job without by-products
-    keeps the id it had before they could be asked for.
+    keeps the id it had before they could be asked for; one with a single still and no map,
+    the id it had before several could be given.
+
+    Args:
+        ref: the still, or the stills (`references.expand_references`, not folders).
     """
-    identity = {"reel": str(Path(reel).resolve()), "ref": str(Path(ref).resolve()),
-                "out": str(Path(out).resolve()),
+    stills = [ref] if isinstance(ref, str | Path) else list(ref)
+    single = len(stills) == 1 and ref_map is None
+    identity = {"reel": str(Path(reel).resolve()), "out": str(Path(out).resolve()),
+                "ref": str(Path(stills[0]).resolve()) if single
+                else [str(Path(still).resolve()) for still in stills],
                 "options": dataclasses.asdict(dataclasses.replace(opts, overwrite=False))}
+    if ref_map is not None:
+        identity["ref_map"] = {"path": str(Path(ref_map).resolve()),
+                               "sha256": sha256_file(Path(ref_map))}
     wanted = _extras_record(extras)
     if wanted is not None:
         identity["extras"] = wanted
@@ -156,41 +174,59 @@ class ReelQueue:
         with contextlib.suppress(*BACKEND_ERRORS):
             self.huey.storage.close()
 
-    def add(self, reel: Path, ref: Path, out: Path, opts: PipelineOptions | None = None, *,
-            segment_frames: int = DEFAULT_SEGMENT_FRAMES,
-            extras: ExtrasRequest | None = None) -> AddResult:
+    def add(self, reel: Path, ref: Path | str | Sequence[Path | str], out: Path,
+            opts: PipelineOptions | None = None, *,
+            segment_frames: int = DEFAULT_SEGMENT_FRAMES, extras: ExtrasRequest | None = None,
+            ref_map: Path | None = None) -> AddResult:
         """Queue one reel, unless the same reel with the same settings is already there.
 
         A job already queued, running, done, failed or cancelled is reported, not added again
         (retry a failed one); a done job whose output has since been deleted is run again.
+        With several references (or a map), the worker that plans the reel chooses the
+        still of every shot once, as `colorize_video` does, and every segment uses that plan.
 
         Args:
-            reel, ref, out: the film, the colour reference still and the output.
+            reel, out: the film and the output.
+            ref: the colour reference still; or a list of stills and folders, or "auto" (the
+                shipped gallery); folders are listed now.
             opts: PipelineOptions; defaults if None.
             segment_frames: target segment length in frames, >= 2.
             extras: contact sheet, QA report and side-by-side video to write once the reel
                 is joined (checked now like `colorize_video` checks them); None for none.
+            ref_map: a mapping file forcing the reference from given times on
+                (`references.read_reference_map`), read again when the reel is planned.
 
         Raises:
             VideoOpenError, ReferenceImageError, EncodeError: the request cannot succeed.
+            OptionsError: a bad mapping file or segment length.
             QueueError: another job writes the same output or by-product, or the backend is
                 unreachable.
         """
         opts = opts or PipelineOptions()
         if segment_frames < 2:
             raise OptionsError(f"segment_frames must be >= 2, got {segment_frames}")
-        reel, ref, out = (Path(p).absolute() for p in (reel, ref, out))
+        reel, out = Path(reel).absolute(), Path(out).absolute()
+        stills = [p.absolute() for p in expand_references([ref] if isinstance(ref, str | Path)
+                                                          else ref)]
+        if ref_map is not None:
+            ref_map = Path(ref_map).absolute()
+            _check_regular(ref_map, "Reference map", OptionsError)
+            read_reference_map(ref_map, stills)  # its one-line errors before anything else
         extras = _absolute_extras(extras)
-        job_id = job_id_for(reel, ref, out, opts, extras)
+        job_id = job_id_for(reel, stills, out, opts, extras, ref_map)
         if self._store.get(record_key("job", job_id)) is not None:
             return self._add_again(job_id, reel, out)
-        info = _check_request(reel, ref, out, opts)
+        info = _check_request(reel, stills, ref_map, out, opts)
         if extras is not None:
             check_extras(extras, reel, out, info, opts.overwrite)
         self._check_output_free(job_id, out, extras)
-        spec = {"id": job_id, "reel": str(reel), "ref": str(ref), "out": str(out),
+        spec = {"id": job_id, "reel": str(reel), "ref": str(stills[0]), "out": str(out),
                 "options": dataclasses.asdict(opts), "segment_frames": segment_frames,
                 "frames_estimate": info.n_frames, "added_at": time.time()}
+        if len(stills) > 1 or ref_map is not None:  # a single still keeps the old spec
+            spec["refs"] = [str(still) for still in stills]
+            if ref_map is not None:
+                spec["ref_map"] = str(ref_map)
         if extras is not None:
             spec["extras"] = _extras_record(extras)
         if not self._store.put_new(record_key("job", job_id), spec):
@@ -317,8 +353,7 @@ class ReelQueue:
             self._update_state(job_id, state="running", error=None)
             self._enqueue_step(job_id, "join")
             return
-        segments = plan_segments(reel, Path(spec["ref"]), out, opts,
-                                 segment_frames=spec["segment_frames"])
+        segments, plan = self._plan_reel(spec, opts, state)
         _check_extras_of(spec, opts)
         work = work_dir(out)
         _claim_work_dir(work, job_id)
@@ -340,12 +375,63 @@ class ReelQueue:
                     self._store.delete(key)
         self._update_state(job_id, state="running", segments=segments,
                            frames_total=segments[-1][1], error=None, joined=None,
+                           references_used=None if plan is None else len(plan.used()),
                            started_at=state.get("started_at") or time.time())
         logger.info("job %s: %d segments, %d to do", job_id, len(segments), len(todo))
         for n in todo:
             self._enqueue_step(job_id, f"seg:{n}")
         if not todo:
             self._enqueue_step(job_id, "join")
+
+    def _plan_reel(self, spec: dict, opts: PipelineOptions,
+                   state: dict) -> tuple[list[tuple[int, int]], ReferencePlan | None]:
+        """The reel's segments and, with several references, its reference plan.
+
+        The plan is made once and stored with the job, so that every segment, on any worker,
+        uses the same choice; planning again (a retry) keeps it unless the reel has changed.
+        """
+        job_id, reel, out = spec["id"], Path(spec["reel"]), Path(spec["out"])
+        if "refs" not in spec:
+            return plan_segments(reel, Path(spec["ref"]), out, opts,
+                                 segment_frames=spec["segment_frames"]), None
+        refs = [Path(p) for p in spec["refs"]]
+        ref_map = Path(spec["ref_map"]) if spec.get("ref_map") else None
+        kept, made = self._stored_plan(job_id), []
+        forced = [] if ref_map is None else [s for _, s in read_reference_map(ref_map, refs)]
+        _check_allowed(spec, self._worker_opts.allow_dirs,  # the map may name other stills
+                       forced + ([] if kept is None else list(kept.references)))
+        segments = plan_segments(reel, kept or refs, out, opts,
+                                 segment_frames=spec["segment_frames"], ref_map=ref_map,
+                                 on_plan=made.append)
+        if kept is not None and state.get("segments") not in (None, [list(s) for s in segments]):
+            kept = None  # the reel has changed since it was planned: choose again
+            segments = plan_segments(reel, refs, out, opts, segment_frames=spec["segment_frames"],
+                                     ref_map=ref_map, on_plan=made.append)
+        if kept is not None:
+            logger.info("job %s: keeps its reference plan (%d shot(s)); the reel is unchanged",
+                        job_id, len(kept.shots))
+            return segments, kept
+        plan = made[-1]
+        self._store.put(record_key("refplan", job_id), {"plan": plan.to_dict()})
+        logger.info("job %s: %d shot(s), %d of %d reference(s) used:\n%s", job_id,
+                    len(plan.shots), len(plan.used()), len(plan.references),
+                    "\n".join(plan.lines()))
+        return segments, plan
+
+    def _stored_plan(self, job_id: str) -> ReferencePlan | None:
+        record = self._store.get(record_key("refplan", job_id))
+        return None if record is None else ReferencePlan.from_dict(record["plan"])
+
+    def _references(self, spec: dict) -> Path | ReferencePlan:
+        """What colours the reel's frames: its still, or the reference plan made for it."""
+        if "refs" not in spec:
+            return Path(spec["ref"])
+        plan = self._stored_plan(spec["id"])
+        if plan is None:
+            raise QueueError(f"Job {spec['id']} has lost its reference plan; `vidcolor queue "
+                             f"retry {spec['id']}` plans it again")
+        _check_allowed(spec, self._worker_opts.allow_dirs, plan.references)
+        return plan
 
     def _segment(self, spec: dict, n: int, worker: WorkerPool) -> None:
         job_id, out = spec["id"], Path(spec["out"])
@@ -360,7 +446,7 @@ class ReelQueue:
             self._store.put(key, record)
             began = time.monotonic()
             try:
-                colorize_segment(Path(spec["reel"]), Path(spec["ref"]), path, start, stop,
+                colorize_segment(Path(spec["reel"]), self._references(spec), path, start, stop,
                                  PipelineOptions.from_dict(spec["options"]),
                                  on_frame=self._progress(job_id, key, record, worker))
             except BaseException:
@@ -412,7 +498,7 @@ class ReelQueue:
         job_id, out = spec["id"], Path(spec["out"])
         opts = PipelineOptions.from_dict(spec["options"])
         state = self._store.get(record_key("state", job_id))
-        segments = state["segments"]
+        segments, ref = state["segments"], self._references(spec)
         if _joined(state, out):
             logger.info("job %s: '%s' was joined before; making its by-products", job_id, out)
         else:
@@ -426,7 +512,7 @@ class ReelQueue:
                     self._enqueue_step(job_id, f"seg:{n}")
                 return
             _check_extras_of(spec, opts)
-            join_reel(Path(spec["reel"]), paths, out, opts, ref=Path(spec["ref"]))
+            join_reel(Path(spec["reel"]), paths, out, opts, ref=ref)
             # From here on the output is ours: a re-run of this step (a crash, or a retry
             # after the by-products failed) makes only the by-products, without checks that
             # would now refuse our own files.
@@ -434,13 +520,15 @@ class ReelQueue:
             self._update_state(job_id, joined={"size": done.st_size,
                                                 "mtime_ns": done.st_mtime_ns})
         if spec.get("extras"):
-            extras_from_files(Path(spec["reel"]), Path(spec["ref"]), out,
-                              _extras_request(spec["extras"]), _identity(opts, None),
+            extras_from_files(Path(spec["reel"]), ref, out, _extras_request(spec["extras"]),
+                              _identity(opts, None),
+                              model=_load(opts) if spec["extras"].get("report") else None,
                               on_frame=self._watch(job_id, worker))
             logger.info("job %s: by-products written (%s)", job_id, ", ".join(
                 f"{name} {path}" for name, path in spec["extras"].items()
                 if name != "preview_frames" and path))
         self._update_state(job_id, state="done", finished_at=time.time())
+        self._store.delete(record_key("refplan", job_id))  # the sidecar has it; keep records small
         if not keep_segments:
             shutil.rmtree(work_dir(out), ignore_errors=True)
         logger.info("job %s: done, %d frames in %s", job_id, segments[-1][1], out)
@@ -497,14 +585,16 @@ class ReelQueue:
                              "`vidcolor queue status` lists the jobs")
         return ids[0]
 
-def _check_request(reel: Path, ref: Path, out: Path, opts: PipelineOptions) -> VideoInfo:
+def _check_request(reel: Path, stills: list[Path], ref_map: Path | None, out: Path,
+                   opts: PipelineOptions) -> VideoInfo:
     """The checks of a new job, before it is queued; the worker repeats them when it plans."""
     _check_regular(reel, "Input", VideoOpenError)
-    _check_regular(ref, "Reference", ReferenceImageError)
+    for still in stills:
+        _check_regular(still, "Reference", ReferenceImageError)
     if out.suffix.lower() not in QUEUE_SUFFIXES:
         raise EncodeError(f"Output '{out}': queued reels are written as "
                           f"{', '.join(QUEUE_SUFFIXES)}; choose one of those")
-    return check_film_request(reel, ref, out, opts)
+    return check_film_request(reel, stills, out, opts, ref_map=ref_map)
 
 
 def _absolute_extras(extras: ExtrasRequest | None) -> ExtrasRequest | None:
@@ -572,14 +662,28 @@ def _check_regular(path: Path, role: str, error: type[VidcolorError]) -> None:
         raise error(f"{role} '{path}' is not a regular file; give a video or image file")
 
 
-def _check_allowed(spec: dict, allow_dirs: tuple[Path, ...]) -> None:
-    """Refuse a job whose files are not regular, or lie outside the worker's folders."""
+def _check_allowed(spec: dict, allow_dirs: tuple[Path, ...],
+                   more_stills: Sequence[Path] = ()) -> None:
+    """Refuse a job whose files are not regular, or lie outside the worker's folders.
+
+    Args:
+        spec: the job; its reel, still(s), mapping file and output are checked.
+        allow_dirs: the worker's folders (resolved); empty: anywhere.
+        more_stills: other stills the job reads (those its mapping file or plan names).
+            The stills of the shipped gallery (`--ref auto`) are vidcolor's own: always allowed.
+    """
+    stills = dict.fromkeys([Path(p) for p in spec.get("refs", [spec["ref"]])] + list(more_stills))
     _check_regular(Path(spec["reel"]), "Input", VideoOpenError)
-    _check_regular(Path(spec["ref"]), "Reference", ReferenceImageError)
-    if not allow_dirs:
-        return
-    for role, path in (("input", spec["reel"]), ("reference", spec["ref"]),
-                       ("output", spec["out"])):
+    for still in stills:
+        _check_regular(still, "Reference", ReferenceImageError)
+    if spec.get("ref_map"):
+        _check_regular(Path(spec["ref_map"]), "Reference map", OptionsError)
+    files = [("input", spec["reel"])] + [
+        ("reference", str(still)) for still in stills
+        if not still.resolve().is_relative_to(GALLERY_DIR.resolve())]
+    files += [("reference map", spec["ref_map"])] if spec.get("ref_map") else []
+    files.append(("output", spec["out"]))
+    for role, path in files if allow_dirs else ():
         real = Path(path).resolve()
         if not any(real.is_relative_to(folder) for folder in allow_dirs):
             raise QueueError(f"The {role} '{path}' lies outside this worker's allowed folders "

@@ -263,8 +263,8 @@ class MatchConfidence:
         return score(self.describer.describe_rgb(frame.source), self._refs[index]).match
 
 
-def extras_from_files(src: Path, ref: Path, out: Path, request: ExtrasRequest,
-                      identity: RunIdentity, *,
+def extras_from_files(src: Path, ref: Path | ReferencePlan, out: Path, request: ExtrasRequest,
+                      identity: RunIdentity, *, model=None,
                       on_frame: Callable[[int], None] | None = None) -> int:
     """Make the by-products of a finished film output from the files, then rewrite its sidecar.
 
@@ -276,9 +276,11 @@ def extras_from_files(src: Path, ref: Path, out: Path, request: ExtrasRequest,
     was made); existing by-products are replaced.
 
     Args:
-        src: the input film; ref: the colour reference still; out: the finished output.
+        src: the input film; out: the finished output.
+        ref: the colour reference still, or the plan of which still coloured which shot.
         request: the by-products to write (at least one path set).
         identity: model, weights and settings the output was made with.
+        model: the colouriser, to measure the report's match confidence; None: not measured.
         on_frame: called after each frame with the count so far; an exception it raises
             stops the work and nothing new is kept.
 
@@ -287,12 +289,15 @@ def extras_from_files(src: Path, ref: Path, out: Path, request: ExtrasRequest,
 
     Raises:
         VideoOpenError: `src` or `out` cannot be decoded; EncodeError: they differ in frame
-        count or size, or a file cannot be written; ReferenceImageError: `ref` cannot be read.
+        count or size, or a file cannot be written; ReferenceImageError: a reference cannot
+        be read.
     """
-    src, ref, out = Path(src), Path(ref), Path(out)
+    src, out = Path(src), Path(out)
     info = io.probe(src)
-    extras = RunExtras(src, ref, out, info, request, identity)
-    reference_rgb = None if request.preview is None else io.load_still(ref, role="reference")
+    extras = RunExtras(src, ref, out, info, request, identity,
+                       model=model if request.report is not None else None)
+    reference_rgb = None if request.preview is None else [
+        io.load_still(still, role="reference") for still in extras.refs]
     count = 0
     with ExitStack() as stack:
         extras.open_compare(stack)

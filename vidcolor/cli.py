@@ -25,7 +25,7 @@ from .batch import DEFAULT_SEGMENT_FRAMES, JobStatus, ReelQueue, WorkerOptions, 
 from .byproducts import ExtrasRequest
 from .colorize import ColorizeOptions
 from .encode import CHROMA_CHOICES, CODECS, PIX_FMTS, X26X_PRESETS, EncodeOptions
-from .errors import OptionsError, VidcolorError
+from .errors import OptionsError, ReferenceImageError, VidcolorError
 from .io import is_still_image
 from .pipeline import DEVICE_CHOICES, PRESETS, PipelineOptions, colorize_video, preset_options
 from .preview import MAX_PREVIEW_FRAMES, PREVIEW_FRAMES
@@ -232,7 +232,8 @@ Debug = Annotated[bool, typer.Option("--debug", help="Show full tracebacks and d
 @queue_app.command("add")
 def queue_add(
     reels: Annotated[list[Path], typer.Argument(help="Black-and-white reels to queue, one job each.", show_default=False)],
-    ref: Annotated[Path, typer.Option("--ref", "-r", help="Colour reference still for all of them.", show_default=False)],
+    ref: Annotated[list[str], typer.Option("--ref", "-r", help="Colour reference still for all of them. Repeat it, or give a folder, to have the best still chosen for each shot (once per reel, when a worker plans it; the worker logs the choice); 'auto' chooses from the gallery that ships with vidcolor.", show_default=False)],
+    ref_map: Annotated[Path | None, typer.Option("--ref-map", help="Force the reference per shot: a file of lines 'START STILL', as for vidcolor --ref-map (read when the reel is planned).", show_default=False)] = None,
     out_dir: Annotated[Path | None, typer.Option("--out-dir", help="Folder for the outputs (REEL.color.EXT). Default: beside each reel.", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs that exist (otherwise such a reel is refused).")] = False,
     method: Annotated[str, typer.Option("--method", "-m", help=f"Colorizer: {', '.join(available_models())}.")] = ColorizeOptions.method,
@@ -285,7 +286,9 @@ def queue_add(
                                    _for_reel(report, reel), _for_reel(compare, reel))
             try:
                 result = reel_queue.add(reel, ref, out, opts, segment_frames=segment_frames,
-                                        extras=extras)
+                                        extras=extras, ref_map=ref_map)
+            except (ReferenceImageError, OptionsError):
+                raise  # the same for every reel: said once, and nothing more is queued
             except VidcolorError as e:
                 typer.secho(f"Error: {e}", fg=typer.colors.RED, err=True)
                 refused += 1
@@ -392,6 +395,9 @@ def _status_table(jobs: list[JobStatus], workers: list[WorkerStatus]) -> str:
         detail = f"{job.reel.name} -> {job.out}"
         if job.running_on:
             detail = f"{job.reel.name} on {', '.join(job.running_on)}"
+        if job.references > 1:
+            used = "" if job.references_used is None else f"{job.references_used} of "
+            detail += f" ({used}{job.references} references)"
         if job.error:
             detail = f"{job.reel.name}: {job.error}"
         rows.append((job.id, job.state, progress, _clock(job.eta_s), detail))

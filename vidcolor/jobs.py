@@ -54,6 +54,9 @@ class JobStatus:
         running_on: names ("host:pid") of the workers running its steps now.
         eta_s: seconds left at this job's own frame rate so far, None if unknown.
         added_at: Unix time the job was added.
+        references: reference stills the job chooses from (1: one still for everything).
+        references_used: how many of them its reference plan uses; None until planned, and
+            for a job with one still and no mapping file.
     """
 
     id: str
@@ -68,6 +71,8 @@ class JobStatus:
     running_on: tuple[str, ...]
     eta_s: float | None
     added_at: float
+    references: int = 1
+    references_used: int | None = None
 
 
 @dataclass(frozen=True)
@@ -407,7 +412,8 @@ def _job_status(spec: dict, items: dict, live: dict, leases: dict, now: float) -
         segments_total=len(segments) or None,
         running_on=running_on,
         eta_s=_eta(done, running, total, frames_done, now) if state == "running" else None,
-        added_at=spec["added_at"])
+        added_at=spec["added_at"], references=len(spec.get("refs") or [spec["ref"]]),
+        references_used=record.get("references_used"))
 
 
 def _eta(done: list[dict], running: list[dict], total: int | None, frames_done: int,

@@ -250,7 +250,7 @@ class ReferencePlan:
         return out
 
     def to_dict(self) -> dict:
-        """JSON-ready form, for the provenance sidecar and the QA report."""
+        """JSON-ready form, for the provenance sidecar, the QA report and the reel queue."""
         return {"references": [str(p) for p in self.references], "shots": [
             {"shot": s.number, "first_frame": s.start, "last_frame": s.stop - 1,
              "start_s": round(s.start_s, 3), "end_s": round(s.stop_s, 3),
@@ -260,6 +260,18 @@ class ReferencePlan:
              "scores": {str(p): round(v, 4) for p, v in zip(self.references, s.scores,
                                                               strict=True) if not math.isnan(v)}}
             for s in self.shots]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ReferencePlan:
+        """Rebuild a plan from `to_dict()` (the reel queue stores it so that every segment of a
+        reel, on any worker, uses the same choice); scores and times keep their rounding."""
+        refs = tuple(Path(p) for p in data["references"])
+        index = {str(p): i for i, p in enumerate(refs)}
+        return cls(refs, tuple(ShotChoice(
+            s["shot"], s["first_frame"], s["last_frame"] + 1, s["start_s"], s["end_s"],
+            index[s["reference"]], tuple(s["scores"].get(str(p), math.nan) for p in refs),
+            math.nan if s["match_confidence"] is None else s["match_confidence"], s["forced"])
+            for s in data["shots"]))
 
 
 def _descending(value: float) -> float:
