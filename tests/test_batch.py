@@ -29,22 +29,18 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vidcolor import io
-from vidcolor.batch import ReelQueue, job_id_for, work_dir
+from vidcolor.batch import ReelQueue, job_id_for
 from vidcolor.byproducts import ExtrasRequest
 from vidcolor.cli import app, queue_app
 from vidcolor.colorize import ColorizeOptions
 from vidcolor.encode import EncodeOptions
 from vidcolor.errors import QueueError
 from vidcolor.frames import rgb_to_lab
-from vidcolor.pipeline import (
-    PipelineOptions,
-    colorize_segment,
-    colorize_video,
-    join_reel,
-    plan_segments,
-)
+from vidcolor.jobfiles import work_dir
+from vidcolor.pipeline import PipelineOptions, colorize_video
 from vidcolor.provenance import sha256_file, sidecar_path
 from vidcolor.references import ReferencePlan
+from vidcolor.segments import colorize_segment, join_reel, plan_segments
 
 FAST = PipelineOptions(colorize=ColorizeOptions(work_side_px=64))  # keeps a frame ~30 ms on CPU
 WORKER_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "VIDCOLOR_DEBUG": "0"}  # 2 shared cores

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from vidcolor import __version__, io
 from vidcolor.cli import app, default_output
-from vidcolor.encode import partial_path
+from vidcolor.mux import partial_path
 
 runner = CliRunner()
 
@@ -213,3 +213,15 @@ def test_bad_pix_fmt_is_a_usage_error(gray_clip, ref_still, tmp_path, args, frag
     result = run(gray_clip, "-r", ref_still, "-o", tmp_path / "out.mkv", *args, "-q")
     assert result.exit_code == 2 and fragment in result.output
     assert not (tmp_path / "out.mkv").exists()
+
+
+def test_queue_add_takes_pix_fmt_like_colorize(gray_clip, ref_still, tmp_path):
+    from vidcolor.cli import queue_app
+
+    url = str(tmp_path / "queue.sqlite3")
+    base = ["add", str(gray_clip), "--ref", str(ref_still), "--queue", url, "--codec", "ffv1"]
+    bad = runner.invoke(queue_app, [*base, "--pix-fmt", "yuv422p10le", "--out-dir", str(tmp_path)])
+    assert bad.exit_code == 2 and "prores only" in bad.output
+    good = runner.invoke(queue_app, [*base, "--pix-fmt", "yuv444p10le",
+                                     "--out-dir", str(tmp_path)])
+    assert good.exit_code == 0, good.output

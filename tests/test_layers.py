@@ -11,13 +11,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vidcolor"
 
 LAYER = {
     "errors": 0, "frames": 0, "runtime": 0, "threads": 0,
-    "io": 1, "encode": 1, "temporal": 1, "model": 1, "provenance": 1, "preview": 1,
+    "io": 1, "mux": 1, "temporal": 1, "model": 1, "provenance": 1, "preview": 1,
     "report": 1, "gallery": 1,
-    "weights": 2, "colorize": 2, "references": 2,
+    "encode": 2, "weights": 2, "colorize": 2, "references": 2,
     "byproducts": 3,
     "pipeline": 4, "jobs": 4,
-    "batch": 5, "cli": 5,
-    "__init__": 6, "__main__": 6,
+    "segments": 5, "jobfiles": 5,
+    "steps": 6,
+    "batch": 7, "cli": 7,
+    "__init__": 8, "__main__": 8,
 }
 ALLOWED_SIDEWAYS = {("cli", "batch")}  # the CLI drives the queue; batch never imports cli
 

@@ -13,8 +13,9 @@ from PIL import Image
 
 import vidcolor
 from vidcolor import __version__
-from vidcolor.encode import VideoWriter, partial_path
+from vidcolor.encode import VideoWriter
 from vidcolor.errors import EncodeError
+from vidcolor.mux import partial_path
 from vidcolor.pipeline import PipelineOptions
 from vidcolor.provenance import TAG_KEY, describe_media, sidecar_path
 from vidcolor.temporal import TemporalOptions
@@ -130,7 +131,7 @@ def test_describe_media_of_a_non_media_file_is_empty(tmp_path):
 
 
 def test_a_reel_joined_from_segments_gets_the_tag_and_sidecar(gray_clip, ref_still, tmp_path):
-    from vidcolor.pipeline import colorize_segment, join_reel, plan_segments
+    from vidcolor.segments import colorize_segment, join_reel, plan_segments
 
     out = tmp_path / "joined.mp4"
     opts = PipelineOptions(temporal=TemporalOptions(strength=0.0))

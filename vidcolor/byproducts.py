@@ -21,16 +21,10 @@ import cv2
 import numpy as np
 
 from . import io
-from .encode import (
-    EncodeOptions,
-    VideoWriter,
-    check_audio_fits,
-    check_output_path,
-    container_format,
-    write_still,
-)
+from .encode import EncodeOptions, VideoWriter, check_output_path, write_still
 from .errors import EncodeError, ReferenceImageError
 from .frames import Frame, VideoInfo
+from .mux import check_audio_fits, container_format
 from .preview import (
     PREVIEW_FRAMES,
     ContactSheet,

@@ -245,6 +245,7 @@ def queue_add(
     encoder_preset: Annotated[str | None, typer.Option("--encoder-preset", help="x264/x265 speed preset. Default: from --preset.", show_default=False)] = None,
     chroma: Annotated[str, typer.Option("--chroma", help="Chroma subsampling: 420 or 444.")] = EncodeOptions.chroma,
     bit_depth: Annotated[int | None, typer.Option("--bit-depth", help="8 or 10 bits per sample.", show_default=False)] = None,
+    pix_fmt: Annotated[str | None, typer.Option("--pix-fmt", help=f"Output pixel format instead of --chroma and --bit-depth: {', '.join(PIX_FMTS)}.", show_default=False)] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda (on the worker).")] = "auto",
     segment_frames: Annotated[int, typer.Option("--segment-frames", min=2, help="Segment length in frames: a reel is cut at the shot cut nearest this length, each segment is saved when done and segments may run on different workers.")] = DEFAULT_SEGMENT_FRAMES,
     preview: Annotated[Path | None, typer.Option("--preview", help="Also write a contact sheet image (.png or .jpg) when the reel is done; {reel} in the path is replaced by the reel's name (needed when queueing several reels), e.g. sheets/{reel}.png.", show_default=False)] = None,
@@ -261,6 +262,8 @@ def queue_add(
                                  (device, DEVICE_CHOICES, "--device")):
         _choice(value, choices, flag)
     _choice_preset(preset, encoder_preset)
+    if pix_fmt is not None:
+        chroma, bit_depth = _pix_fmt_knobs(pix_fmt, codec, chroma, bit_depth)
     _setup_logging(False, debug)
     try:
         opts = _preset_with_flags(preset, method, device, overwrite,

@@ -2,19 +2,17 @@
 
 The output keeps the input's own luma plane untouched (only chroma comes from the colourised
 RGB), its timestamps, time base, pixel aspect and rotation. Audio packets are copied byte for
-byte and checked after writing. Everything goes to `OUT.partial` and is renamed into place only
-when complete; on any error or interrupt the partial file is removed. No decoding happens here.
+byte and checked after writing (by mux.py, which also owns containers and segment joining).
+Everything goes to `OUT.partial` and is renamed into place only when complete; on any error or
+interrupt the partial file is removed. No decoding happens here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -25,6 +23,7 @@ from PIL import Image, PngImagePlugin
 
 from .errors import EncodeError, OptionsError
 from .frames import Frame, VideoInfo
+from .mux import AUDIO_LEAD_S, AudioCopier, container_format, partial_path
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +34,9 @@ CHROMA_CHOICES = ("420", "444")
 PIX_FMTS = {"yuv420p": ("420", 8), "yuv444p": ("444", 8), "yuv420p10le": ("420", 10),
             "yuv444p10le": ("444", 10), "yuv422p10le": ("420", 10)}
 X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower")
-CONTAINER_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi"}
-PARTIAL_SUFFIX = ".partial"  # in-progress output is OUT + this suffix
 _AV_COLORSPACE = {"bt709": 1, "bt601": 6}  # AVColorSpace codes: BT709, SMPTE170M
 _AV_RANGE = {False: 1, True: 2}  # AVColorRange: MPEG (limited), JPEG (full)
 _AV_FIELD_TT, _AV_FIELD_BB = 2, 3  # AVFieldOrder: top / bottom field first
-_AUDIO_LEAD_S = 0.5  # mux audio up to this far ahead of the video, so players start smoothly
 
 
 @dataclass(frozen=True)
@@ -88,9 +84,6 @@ class EncodeOptions:
             raise OptionsError("EncodeOptions.bit_depth 8 is impossible: prores is 10-bit")
 
 
-def partial_path(out: Path) -> Path:
-    """Where the output is written while incomplete."""
-    return out.with_name(out.name + PARTIAL_SUFFIX)
 
 
 def check_output_path(out: Path, src: Path, overwrite: bool) -> None:
@@ -118,18 +111,6 @@ def check_output_path(out: Path, src: Path, overwrite: bool) -> None:
         ) from e
 
 
-def container_format(out: Path) -> str:
-    """FFmpeg muxer name for the output's extension.
-
-    Raises:
-        EncodeError: the extension is not a video container we write.
-    """
-    fmt = CONTAINER_FORMATS.get(Path(out).suffix.lower())
-    if fmt is None:
-        raise EncodeError(
-            f"Output '{out}' has an unknown container; use one of {', '.join(CONTAINER_FORMATS)}"
-        )
-    return fmt
 
 
 def write_still(out: Path, rgb: np.ndarray, comment: str | None = None) -> Path:
@@ -184,7 +165,7 @@ class VideoWriter:
         self._audio_from = audio_from
         self._metadata = dict(metadata or {})
         self._container: av.container.OutputContainer | None = None
-        self._audio: _AudioCopier | None = None
+        self._audio: AudioCopier | None = None
         self._frames_written = 0
 
     def __enter__(self) -> VideoWriter:
@@ -194,7 +175,7 @@ class VideoWriter:
                                       container_options=_container_options(fmt, self.info))
             self._stream = self._add_video_stream()
             if self._audio_from is not None:
-                self._audio = _AudioCopier(self._audio_from, self._container, self.out)
+                self._audio = AudioCopier(self._audio_from, self._container, self.out)
             self._container.metadata.update(self._metadata)
             self._container.start_encoding()
         except BaseException as e:
@@ -293,7 +274,7 @@ class VideoWriter:
         try:
             for packet in packets:
                 if self._audio is not None and packet.dts is not None:
-                    self._audio.copy_until(float(packet.dts * packet.time_base) + _AUDIO_LEAD_S)
+                    self._audio.copy_until(float(packet.dts * packet.time_base) + AUDIO_LEAD_S)
                 self._container.mux(packet)
         except (av.error.FFmpegError, OSError) as e:
             raise EncodeError(f"Cannot write '{self.out}': {e}") from e
@@ -310,132 +291,6 @@ def _still_comment(image_format: str, comment: str | None) -> dict:
     return {"comment": comment} if image_format == "JPEG" else {}
 
 
-def check_audio_fits(src: Path, out: Path) -> None:
-    """Fail now, before any work, if an audio stream of `src` cannot go into OUT's container.
-
-    Raises:
-        EncodeError: naming the codec and the containers that can hold it.
-    """
-    with av.open(io.BytesIO(), mode="w", format=container_format(out)) as trial:
-        _AudioCopier(src, trial, Path(out)).close()
-
-
-def join_segments(segments: list[Path], out: Path, audio_from: Path | None = None,
-                  metadata: dict[str, str] | None = None) -> int:
-    """Put encoded segment files end to end into OUT, packet for packet, with the input's audio.
-
-    Each segment is a video-only file that VideoWriter wrote with the same EncodeOptions and
-    VideoInfo: it starts with a keyframe and carries its frames' source timestamps, so packets
-    are copied unchanged (nothing is re-encoded) and the result has the timing of a one-pass
-    run. Audio is stream-copied and verified as in VideoWriter; OUT appears only when complete.
-
-    Args:
-        segments: segment files in playing order, all in OUT's container format.
-        out: final output path.
-        audio_from: file whose audio (and subtitle) streams are copied, or None.
-        metadata: container-level tags to write (key -> text), as in VideoWriter.
-
-    Returns:
-        The number of video packets (frames) written.
-
-    Raises:
-        EncodeError: a segment that does not match the first one or does not start with a
-            keyframe, timestamps that go backwards, a write failure, or an audio mismatch.
-    """
-    out = Path(out)
-    if not segments:
-        raise EncodeError(f"No segments to join into '{out}'")
-    partial = partial_path(out)
-    container, audio = None, None
-    try:
-        container = av.open(os.fspath(partial), mode="w", format=container_format(out),
-                            container_options={"avoid_negative_ts": "disabled"})
-        with av.open(os.fspath(segments[0])) as first:
-            template = first.streams.video[0]
-            stream = container.add_stream_from_template(template)
-            stream.time_base = template.time_base
-            signature = _segment_signature(template)
-        if audio_from is not None:
-            audio = _AudioCopier(Path(audio_from), container, out)
-        container.metadata.update(metadata or {})
-        container.start_encoding()
-        last_dts = [None]  # the previous packet's dts, carried across segments
-        count = sum(_copy_segment(Path(p), container, stream, audio, signature, last_dts)
-                    for p in segments)
-        if audio is not None:
-            audio.copy_until(float("inf"))
-        container.close()
-        container = None
-        if audio is not None:
-            audio.verify(partial)
-        os.replace(partial, out)
-    except BaseException as e:
-        if audio is not None:
-            audio.close()
-        if container is not None:
-            with contextlib.suppress(av.error.FFmpegError, OSError):
-                container.close()
-        partial.unlink(missing_ok=True)
-        if isinstance(e, (av.error.FFmpegError, OSError)):
-            raise EncodeError(f"Cannot join segments into '{out}': {e}") from e
-        raise
-    logger.info("joined %d segments (%d frames) into %s", len(segments), count, out)
-    return count
-
-
-def _segment_signature(stream) -> tuple:
-    ctx = stream.codec_context
-    return (ctx.name, ctx.width, ctx.height, ctx.format.name if ctx.format else None,
-            bytes(ctx.extradata or b""), stream.time_base)
-
-
-def _copy_segment(path: Path, container, stream, audio: _AudioCopier | None, signature: tuple,
-                  last_dts: list) -> int:
-    """Mux the video packets of one segment file into `container`; returns how many."""
-    with av.open(os.fspath(path)) as segment:
-        if _segment_signature(segment.streams.video[0]) != signature:
-            raise EncodeError(f"Segment '{path}' was encoded differently from the first one; "
-                              "delete the work folder and run the reel again")
-        stamps = [(p.pts, p.dts) for p in segment.demux(segment.streams.video[0]) if p.size]
-    decode_ts = _complete_dts(stamps, path)
-    count = 0
-    with av.open(os.fspath(path)) as segment:
-        for packet in segment.demux(segment.streams.video[0]):
-            if not packet.size:
-                continue
-            if count == 0 and not packet.is_keyframe:
-                raise EncodeError(f"Segment '{path}' does not start with a keyframe")
-            packet.dts = decode_ts[count]
-            if last_dts[0] is not None and packet.dts <= last_dts[0]:
-                raise EncodeError(f"Segment '{path}' overlaps the previous one in time "
-                                  f"(dts {packet.dts} after {last_dts[0]})")
-            last_dts[0] = packet.dts
-            if audio is not None:
-                audio.copy_until(float(packet.dts * packet.time_base) + _AUDIO_LEAD_S)
-            packet.stream = stream
-            container.mux(packet)
-            count += 1
-    return count
-
-
-def _complete_dts(stamps: list[tuple[int | None, int | None]], path: Path) -> list[int]:
-    """Decode timestamps of packets in decode order, given their (pts, dts) as demuxed.
-
-    MP4 and MOV store every dts. Matroska stores only pts, so its demuxer leaves the first
-    packets of a stream with B-frames without one; they are rebuilt the way encoders set
-    them: the pts in presentation order, delayed by the stream's reorder depth.
-    """
-    if all(dts is not None for _, dts in stamps):
-        return [dts for _, dts in stamps]
-    pts = [p for p, _ in stamps]
-    if None in pts:
-        raise EncodeError(f"Segment '{path}' has packets without timestamps; run the reel again")
-    ordered = sorted(pts)
-    step = min((b - a for a, b in zip(ordered, ordered[1:], strict=False) if b > a), default=1)
-    delay = next(d for d in range(len(pts) + 1)
-                 if all(ordered[i - d] <= pts[i] for i in range(d, len(pts))))
-    return [ordered[i - delay] if i >= delay else ordered[0] - (delay - i) * step
-            for i in range(len(pts))]
 
 
 def _container_options(fmt: str, info: VideoInfo) -> dict[str, str]:
@@ -510,109 +365,3 @@ def _codec_options(opts: EncodeOptions) -> dict[str, str]:
     if opts.codec == "ffv1":
         return {"level": "3", "slicecrc": "1", "g": "1"}
     return {"profile": "3"}  # prores_ks: HQ
-
-
-def _muxer_accepts(fmt: str, src: Path, stream_index: int) -> bool:
-    """Trial-mux one real packet of the stream in memory, header to trailer.
-
-    Some muxers accept a codec in the header and refuse it only at the trailer (PCM in MP4),
-    and PyAV exposes no codec query, so a complete tiny write is the reliable test.
-    """
-    with av.open(os.fspath(src)) as source:
-        stream = next(s for s in source.streams if s.index == stream_index)
-        packet = next((p for p in source.demux(stream) if p.size), None)
-        try:
-            with av.open(io.BytesIO(), mode="w", format=fmt) as trial:
-                trial_stream = trial.add_stream_from_template(stream)
-                if packet is not None:
-                    packet.stream = trial_stream
-                    trial.mux(packet)
-        except (av.error.FFmpegError, ValueError):
-            return False
-    return True
-
-
-class _AudioCopier:
-    """Stream-copy the audio (and subtitle) streams of a source, interleaved with the video.
-
-    Audio the container cannot hold stops the run before any work; a subtitle track it cannot
-    hold is left out with a warning (the sound matters, a caption track can be re-muxed later).
-    """
-
-    def __init__(self, src: Path, container: av.container.OutputContainer, out: Path) -> None:
-        self._src = av.open(os.fspath(src))
-        self._out_name = out
-        in_streams = list(self._src.streams.audio)
-        self._out_streams = {}
-        for stream in self._src.streams.subtitles:
-            if _muxer_accepts(container_format(out), src, stream.index):
-                in_streams.append(stream)
-            else:
-                logger.warning("'%s': subtitle track %d (%s) cannot go into a %s file and is left "
-                               "out; use -o with .mkv to keep it", src, stream.index,
-                               stream.codec_context.name, out.suffix)
-        for stream in in_streams:
-            if stream.type == "audio" and not _muxer_accepts(container_format(out), src,
-                                                             stream.index):
-                codec = stream.codec_context.name
-                fits = [sfx for sfx in (".mkv", ".mov", ".mp4")
-                        if _muxer_accepts(CONTAINER_FORMATS[sfx], src, stream.index)]
-                self.close()
-                raise EncodeError(
-                    f"The audio codec {codec} of '{src}' cannot go into "
-                    f"a {out.suffix} file ('{out}'); use -o with {' or '.join(fits)} to keep it"
-                )
-            self._out_streams[stream.index] = container.add_stream_from_template(stream)
-        self._container = container
-        # Stream objects die with their container; keep the plain indices for verify().
-        self._written_index = {i: s.index for i, s in self._out_streams.items()}
-        self._digests = {i: hashlib.sha256() for i in self._out_streams}
-        self._counts = dict.fromkeys(self._out_streams, 0)
-        self._packets = self._demux(in_streams) if in_streams else iter(())
-        self._pending: av.Packet | None = None
-
-    def _demux(self, streams) -> Iterator[av.Packet]:
-        for packet in self._src.demux(streams):
-            if packet.size:  # the demuxer's final empty packet marks end of stream
-                yield packet
-
-    def copy_until(self, time_s: float) -> None:
-        """Mux source audio packets whose timestamp is at or before `time_s` seconds."""
-        while True:
-            packet = self._pending or next(self._packets, None)
-            self._pending = None
-            if packet is None:
-                return
-            stamp = packet.pts if packet.pts is not None else packet.dts
-            if stamp is not None and float(stamp * packet.time_base) > time_s:
-                self._pending = packet
-                return
-            index = packet.stream.index
-            self._digests[index].update(bytes(packet))
-            self._counts[index] += 1
-            packet.stream = self._out_streams[index]
-            self._container.mux(packet)
-
-    def verify(self, written: Path) -> None:
-        """Re-read the written file's audio and compare packet bytes with what was copied."""
-        self.close()
-        if not self._out_streams:
-            return
-        written_index = self._written_index
-        with av.open(os.fspath(written)) as check:
-            streams = [s for s in check.streams if s.index in written_index.values()]
-            digests = {s.index: hashlib.sha256() for s in streams}
-            counts = dict.fromkeys(digests, 0)
-            for packet in check.demux(streams):
-                if packet.size:
-                    digests[packet.stream.index].update(bytes(packet))
-                    counts[packet.stream.index] += 1
-        for src_index, out_index in written_index.items():
-            expected = (self._counts[src_index], self._digests[src_index].hexdigest())
-            if expected != (counts.get(out_index), digests[out_index].hexdigest()):
-                raise EncodeError(
-                    f"Audio in '{self._out_name}' does not match the input's packets after copying"
-                )
-
-    def close(self) -> None:
-        self._src.close()

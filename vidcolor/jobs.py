@@ -3,7 +3,7 @@
 Opens Huey on SQLite (one machine) or Redis (many) and keeps JSON records in its key-value store:
 a job's spec, state and segments, leases, workers. A step runs under a lease, an atomic
 put-if-absent record naming its worker; workers beat, and each one re-queues the steps of
-workers that died. What a step does to a film is batch.py's business. It never prints.
+workers that died. What a step does to a film is steps.py's business. It never prints.
 """
 
 from __future__ import annotations
