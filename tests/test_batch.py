@@ -88,6 +88,17 @@ def start_worker(url: str, log: Path, *args: str) -> subprocess.Popen:
     return STARTED[-1]
 
 
+def kill_after_two_segments(queue, url: str, log: Path, timeout_s: float):
+    """Start a worker on the long.mp4 reel, SIGKILL it once two segments are done; returns
+    the job's status after the kill."""
+    worker = start_worker(url, log, "--keep-segments")
+    wait_until(lambda: jobs_by_reel(queue)["long.mp4"].segments_done >= 2, timeout_s,
+               "two finished segments")
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=30)
+    return jobs_by_reel(queue)["long.mp4"]
+
+
 def wait_until(condition, timeout_s: float, what: str, poll_s: float = 0.3):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -178,12 +189,7 @@ def test_sigkilled_worker_resumes_from_its_last_segment(ref_still, tmp_path):
     extras = ExtrasRequest(preview=tmp_path / "sheet.jpg", report=tmp_path / "qa.json")
     job_id = queue.add(long_reel, ref_still, out, opts, segment_frames=8, extras=extras).id
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
-    first = start_worker(url, first_log, "--keep-segments")
-    wait_until(lambda: jobs_by_reel(queue)["long.mp4"].segments_done >= 2, 120,
-               "two finished segments")
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=30)
-    job = jobs_by_reel(queue)["long.mp4"]
+    job = kill_after_two_segments(queue, url, first_log, 120)
     assert job.state == "queued" and job.segments_done < job.segments_total == 9, job
     assert not out.exists()  # nothing half-written under the final name
     finished = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns)
@@ -644,12 +650,7 @@ def test_a_killed_worker_resumes_with_the_same_reference_plan(photo_stills, tmp_
     queue = ReelQueue(url)
     job_id = queue.add(reel, [photo_stills], out, PipelineOptions(), segment_frames=8).id
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
-    first = start_worker(url, first_log, "--keep-segments")
-    wait_until(lambda: jobs_by_reel(queue)["long.mp4"].segments_done >= 2, 180,
-               "two finished segments")
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=30)
-    job = jobs_by_reel(queue)["long.mp4"]
+    job = kill_after_two_segments(queue, url, first_log, 180)
     assert job.segments_done < job.segments_total == 6, job
     chosen = logged_plan(first_log)
     assert len(chosen) == 2 and "coffee.png" in chosen[0] and "rocket.png" in chosen[1]
