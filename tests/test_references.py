@@ -216,3 +216,22 @@ def test_map_names_resolve_to_the_given_stills_by_name(stills, tmp_path):
     mapping.write_text(f"0 coffee.png\n3 {stills / 'chelsea.png'}\n")
     entries = read_reference_map(mapping, [stills / "coffee.png"])
     assert entries == [(0.0, stills / "coffee.png"), (3.0, stills / "chelsea.png")]
+
+
+def test_a_cut_between_shots_of_like_brightness_still_changes_the_still(media_dir, stills,
+                                                                          model, tmp_path):
+    """Coffee then astronaut: their luma histograms are too alike for the histogram test
+    (distance 0.36 < 0.4), but the flow fails across the cut, the temporal stage restarts
+    there, and so does the choice of still."""
+    clip = write_clip(media_dir / "coffee_astronaut.mp4", n_frames=2 * CUT_AT,
+                      width=PHOTO_SIZE[0], height=PHOTO_SIZE[1],
+                      frame_of=photo_shots(("coffee", "astronaut"), CUT_AT))
+    folder = tmp_path / "refs"
+    folder.mkdir()
+    for name in ("coffee.png", "chelsea.png"):
+        (folder / name).write_bytes((stills / name).read_bytes())
+    astronaut = io.load_still(GALLERY_DIR / "skimage_astronaut.jpg")
+    Image.fromarray(np.ascontiguousarray(astronaut[30:, ::-1])).save(folder / "astronaut.png")
+    plan = plan_for(clip, [folder], model)
+    assert [(s.start, s.stop) for s in plan.shots] == [(0, CUT_AT), (CUT_AT, 2 * CUT_AT)]
+    assert names(plan) == ["coffee", "astronaut"]

@@ -25,19 +25,13 @@ from vidcolor.report import (
 CUT_AT = 12  # first frame of the second shot
 
 
-def two_shots(index: int, width: int, height: int) -> np.ndarray:
-    """Bright moving bars, then from CUT_AT a dark scene: a cut the luma histogram sees."""
-    from conftest import moving_bars
-
-    bars = moving_bars(index, width, height)
-    return bars if index < CUT_AT else (bars // 5 + 5).astype(np.uint8)
-
-
 @pytest.fixture(scope="module")
 def two_shot_clip(media_dir):
-    from conftest import write_clip
+    """Real photos: a coffee cup panning, then from CUT_AT a rocket (a cut) panning."""
+    from conftest import PHOTO_SIZE, photo_shots, write_clip
 
-    return write_clip(media_dir / "two_shots.mp4", n_frames=24, frame_of=two_shots)
+    return write_clip(media_dir / "two_shots.mp4", n_frames=2 * CUT_AT, width=PHOTO_SIZE[0],
+                      height=PHOTO_SIZE[1], frame_of=photo_shots(("coffee", "rocket"), CUT_AT))
 
 
 @pytest.fixture(scope="module")

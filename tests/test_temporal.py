@@ -292,3 +292,21 @@ def test_real_static_clip_stays_static() -> None:
     color = _decode("mmaction2_eyemakeup_audio.mp4", 1)[0]
     for out in _run(_frames([_gray(color)] * 8, [color] * 8)):
         assert np.array_equal(out, color)
+
+
+def test_reset_test_agrees_with_the_filter_frame_by_frame(media_dir):
+    """ResetTest (used to choose a still per shot and by the QA report) starts a shot exactly
+    where TemporalFilter restarts: at a histogram cut and where the flow fails."""
+    from conftest import PHOTO_SIZE, photo_shots, write_clip
+
+    from vidcolor import io
+    from vidcolor.temporal import ResetTest
+
+    clip = write_clip(media_dir / "three_photos.mp4", n_frames=30, width=PHOTO_SIZE[0],
+                      height=PHOTO_SIZE[1], frame_of=photo_shots(("coffee", "astronaut",
+                                                                   "rocket"), 10))
+    frames = list(io.read_frames(clip))
+    filt, test = TemporalFilter(), ResetTest(TemporalOptions())
+    restarts = [f.index for f in frames if filt.step(f.with_color(f.source)).color is f.source]
+    starts = [f.index for f in frames if test.starts_shot(f.source)]
+    assert starts == restarts == [0, 10, 20]

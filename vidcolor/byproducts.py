@@ -45,7 +45,7 @@ from .provenance import (
 )
 from .references import Describer, Descriptor, ReferencePlan, score
 from .report import QualityMonitor, report_paths
-from .temporal import ShotCutTest, TemporalOptions
+from .temporal import ResetTest, TemporalOptions
 
 COMPARE_ENCODE = EncodeOptions(crf=20, preset="veryfast")  # the side-by-side video: for viewing
 PANEL_STILL_PX = 360  # height of each reference still on a contact sheet with several
@@ -153,7 +153,7 @@ class RunExtras:
         self.sheet = None if request.preview is None else ContactSheet(
             request.preview_frames, info.n_frames, info.time_base, info.sample_aspect,
             info.rotation_deg)
-        cuts = ShotCutTest(identity.temporal)  # the temporal stage's histogram test
+        cuts = ResetTest(identity.temporal)  # where the temporal stage restarts
         self.monitor = None if request.report is None else QualityMonitor(
             lambda frame: cuts.starts_shot(frame.source), info.time_base, info.fps,
             reference=lambda index: self.plan.references[self.plan.reference_at(index)].name,

@@ -1,7 +1,7 @@
 """Which reference still colours which shot: several stills, a folder, or the shipped gallery.
 
 One still rarely fits a reel. Given several, each shot (cut where the temporal stage resets,
-`temporal.ShotCutTest`) gets the still that best matches a few of its frames by the score of
+`temporal.ResetTest`) gets the still that best matches a few of its frames by the score of
 Deep Exemplar-based Colorization §4 (He et al. 2018): a global semantic similarity plus a local
 one, where every target position is matched to its nearest reference position and scores the
 cosine of their features plus beta times the correlation of their cells' luminance histograms.
@@ -29,7 +29,7 @@ from . import frames, io
 from .errors import OptionsError, ReferenceImageError
 from .frames import Frame, VideoInfo
 from .model import hypercolumn_channels
-from .temporal import ShotCutTest, TemporalOptions
+from .temporal import ResetTest, TemporalOptions
 
 logger = logging.getLogger(__name__)
 
@@ -432,7 +432,7 @@ def plan_references(src: Path, references: Sequence[Path], model: torch.nn.Modul
             refs.append(still)
     describer = Describer(model)
     candidates = _Candidates(refs, describer, _precomputed_overall(refs, describer))
-    cut_test = ShotCutTest(temporal)
+    cut_test = ResetTest(temporal)
     shots: list[tuple[_ShotSamples, tuple]] = []
     current: _ShotSamples | None = None
     first_pts, count, last_s = None, 0, 0.0

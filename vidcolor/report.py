@@ -2,9 +2,9 @@
 
 Owns the per-frame measurements taken while the film streams through (nothing is decoded twice
 and only a few numbers per frame are kept), the split into shots (with the cut test it is given;
-the pipeline passes the temporal stage's own) and the report files. The plot of flicker over
-time needs matplotlib, an optional extra (`pip install vidcolor[report]`); without it the HTML
-says so and still has the tables. It does not judge the film or change any frame.
+the pipeline passes where the temporal stage restarts) and the report files. The plot of
+flicker over time needs matplotlib, an optional extra (`pip install vidcolor[report]`); without
+it the HTML says so and still has the tables. It does not judge the film or change any frame.
 
 Metrics (per output frame t, on a working grid whose long side is REPORT_FLOW_SIDE_PX):
 - colourfulness: Hasler & Süsstrunk 2003, M = sqrt(sd_rg^2 + sd_yb^2) + 0.3 sqrt(mu_rg^2 +

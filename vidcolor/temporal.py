@@ -172,11 +172,8 @@ class TemporalFilter:
             (h, w, 2) float32 Lab a, b correction, or None at a cut.
         """
         opts = self.opts
-        flow_back = self._dis.calc(luma_u8, prev.luma_u8, None)  # (h, w, 2) t -> t-1, px
-        flow_fwd = self._dis.calc(prev.luma_u8, luma_u8, None)  # (h, w, 2) t-1 -> t, px
-        map_x, map_y, inside = _sample_maps(flow_back)
-        confidence = _flow_confidence(luma, prev.luma, flow_back, flow_fwd, map_x, map_y,
-                                      inside, opts.sigma)
+        confidence, map_x, map_y = _flow_trust(self._dis, prev.luma, prev.luma_u8, luma,
+                                               luma_u8, opts.sigma)
         if float(confidence.mean()) < opts.cut_min_confidence:
             return None
         target = _remap(prev.out_ab, map_x, map_y) - ab  # (h, w, 2) warp(O_{t-1}) - P_t
@@ -259,6 +256,32 @@ class ShotCutTest:
         self._previous = None
 
 
+class ResetTest:
+    """Exactly where TemporalFilter restarts, from the input frames alone: a `ShotCutTest` cut,
+    or optical flow to the previous frame too unreliable (mean confidence below
+    `cut_min_confidence`), as at a cut between two shots of similar brightness. What must
+    change only where the filter restarts (the reference still of a shot, the QA report's
+    shots) uses this; it costs two small optical flows per frame.
+    """
+
+    def __init__(self, opts: TemporalOptions) -> None:
+        self.opts = opts
+        self._cuts = ShotCutTest(opts)
+        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+        self._prev: tuple[np.ndarray, np.ndarray] | None = None
+
+    def starts_shot(self, source: np.ndarray) -> bool:
+        """Test the next frame, (H, W, 3) uint8 RGB; the first frame always starts a shot."""
+        luma = _work_luma(source, _work_size(source.shape[:2], self.opts.flow_max_side_px))
+        luma_u8 = np.rint(luma * 255.0).astype(np.uint8)
+        cut = self._cuts.check(source.shape[:2], _luma_hist(luma_u8))
+        prev, self._prev = self._prev, (luma, luma_u8)
+        if cut or prev is None:
+            return True
+        confidence, _, _ = _flow_trust(self._dis, *prev, luma, luma_u8, self.opts.sigma)
+        return float(confidence.mean()) < self.opts.cut_min_confidence
+
+
 def shot_luma_histogram(source: np.ndarray, max_side_px: int) -> np.ndarray:
     """The luma histogram of a frame that `ShotCutTest` compares (TemporalFilter's cut test).
 
@@ -317,6 +340,22 @@ def _sample_maps(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _remap(image: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
     """Bilinear backward warp of an (h, w) or (h, w, C) float32 image; edges replicated."""
     return cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _flow_trust(dis, prev_luma: np.ndarray, prev_u8: np.ndarray, luma: np.ndarray,
+                luma_u8: np.ndarray, sigma: float) -> tuple[np.ndarray, ...]:
+    """DIS flow both ways between frames t-1 and t, and how far it can be trusted.
+
+    Returns:
+        confidence (h, w) float32 in [0, 1] (`_flow_confidence`), and the maps map_x, map_y
+        (h, w) float32 that warp frame t-1 onto frame t.
+    """
+    flow_back = dis.calc(luma_u8, prev_u8, None)  # (h, w, 2) t -> t-1, px
+    flow_fwd = dis.calc(prev_u8, luma_u8, None)  # (h, w, 2) t-1 -> t, px
+    map_x, map_y, inside = _sample_maps(flow_back)
+    confidence = _flow_confidence(luma, prev_luma, flow_back, flow_fwd, map_x, map_y, inside,
+                                  sigma)
+    return confidence, map_x, map_y
 
 
 def _flow_confidence(luma: np.ndarray, prev_luma: np.ndarray, flow_back: np.ndarray,
