@@ -114,12 +114,12 @@ def load_rgb(path: Path) -> np.ndarray:
         return np.asarray(ImageOps.exif_transpose(image).convert("RGB")).copy()
 
 
-def tps_warp(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def tps_warp(rgb: np.ndarray, rng: np.random.Generator, shift: float = TPS_SHIFT) -> np.ndarray:
     """Random thin-plate-spline warp of (H, W, 3) uint8 RGB (see the module docstring)."""
     height, width = rgb.shape[:2]
     grid = np.linspace(0.0, 1.0, TPS_GRID)
     dst = np.stack(np.meshgrid(grid * (width - 1), grid * (height - 1)), -1).reshape(-1, 2)
-    src = dst + rng.uniform(-TPS_SHIFT, TPS_SHIFT, dst.shape) * min(height, width)
+    src = dst + rng.uniform(-shift, shift, dst.shape) * min(height, width)
     # Solve the TPS interpolating dst -> src, then evaluate it at every output pixel.
     def kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         r2 = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
@@ -138,17 +138,23 @@ def tps_warp(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return cv2.remap(rgb, map_xy[..., 0], map_xy[..., 1], cv2.INTER_LINEAR, cv2.BORDER_REFLECT_101)
 
 
-def augment_reference(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Flip, TPS warp, rotate and crop a photo into its own reference (module docstring)."""
+def augment_reference(rgb: np.ndarray, rng: np.random.Generator,
+                      strength: float = 1.0) -> np.ndarray:
+    """Flip, TPS warp, rotate and crop a photo into its own reference (module docstring).
+
+    `strength` scales the TPS shift, the rotation and the cropped-away share (training uses
+    more than 1 for pairs that are related but less aligned; the protocol is 1).
+    """
     out = rgb[:, ::-1] if rng.random() < FLIP_PROBABILITY else rgb
-    out = tps_warp(np.ascontiguousarray(out), rng)
+    out = tps_warp(np.ascontiguousarray(out), rng, TPS_SHIFT * strength)
     height, width = out.shape[:2]
-    angle = rng.uniform(-ROTATION_DEG, ROTATION_DEG)
+    angle = rng.uniform(-ROTATION_DEG * strength, ROTATION_DEG * strength)
     matrix = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), angle, 1.0)
     out = cv2.warpAffine(out, matrix, (width, height), flags=cv2.INTER_LINEAR,
                          borderMode=cv2.BORDER_REFLECT_101)
-    crop_h = int(round(height * rng.uniform(CROP_MIN, 1.0)))
-    crop_w = int(round(width * rng.uniform(CROP_MIN, 1.0)))
+    crop_min = max(0.3, 1.0 - (1.0 - CROP_MIN) * strength)
+    crop_h = int(round(height * rng.uniform(crop_min, 1.0)))
+    crop_w = int(round(width * rng.uniform(crop_min, 1.0)))
     top = int(rng.integers(0, height - crop_h + 1))
     left = int(rng.integers(0, width - crop_w + 1))
     return np.ascontiguousarray(out[top : top + crop_h, left : left + crop_w])
@@ -211,7 +217,7 @@ def cmd_images(args: argparse.Namespace) -> int:
                 reference = load_rgb(paths[(index + 1) % len(paths)])
             else:
                 rng = np.random.default_rng([args.seed, zlib.crc32(path.name.encode())])
-                reference = augment_reference(truth, rng)
+                reference = augment_reference(truth, rng, args.strength)
             colorized = Colorizer(model, reference, opts).colorize_rgb([truth])[0]
         except (OSError, VidcolorError) as e:  # unreadable, or grey: nothing to measure
             print(f"skipped {path.name}: {e}", file=sys.stderr)
@@ -231,7 +237,8 @@ def cmd_images(args: argparse.Namespace) -> int:
         return 1
     elapsed = time.perf_counter() - started
     n_used = len(scores["vidcolor"])
-    protocol = "unrelated references (next photo)" if args.unrelated else f"seed {args.seed}"
+    protocol = ("unrelated references (next photo)" if args.unrelated
+                else f"seed {args.seed}, distortion x{args.strength:g}")
     print(f"{n_used} photos from {args.dir} ({skipped} skipped), {protocol}, {elapsed:.0f} s")
     print(f"{opts}")
     print(f"{'method':10s} {'PSNR dB':>8s} {'SSIM':>7s}")
@@ -471,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     images.add_argument("--side", type=int, default=0, help="work_side_px; 0 = default")
     images.add_argument("--stride", type=int, default=0, help="feature_stride_px; 0 = default")
     images.add_argument("--seed", type=int, default=0, help="seed of the reference distortions")
+    images.add_argument("--strength", type=float, default=1.0, help="scale of the distortions "
+                        "(TPS shift, rotation, cropped share); the protocol is 1")
     images.add_argument("--device", default=None, help="cpu, cuda; default: auto")
     images.add_argument("--unrelated", action="store_true",
                         help="reference = the next photo in sorted order (wrapping), not a "

@@ -51,8 +51,9 @@ CACHE_VERSION = 1
 logger = logging.getLogger("train")
 
 
-def make_pair(path: Path, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(target, reference) Lab float32 (WORK_PX, WORK_PX, 3) of one photo, deterministic."""
+def make_pair(path: Path, seed: int, strength: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(target, reference) Lab float32 (WORK_PX, WORK_PX, 3) of one photo, deterministic;
+    `strength` scales the reference's distortion (`augment_reference`)."""
     rgb = load_rgb(path)
     rng = np.random.default_rng([seed, zlib.crc32(path.name.encode())])
     height, width = rgb.shape[:2]
@@ -60,7 +61,7 @@ def make_pair(path: Path, seed: int) -> tuple[np.ndarray, np.ndarray]:
     top = int(rng.integers(0, height - side + 1))
     left = int(rng.integers(0, width - side + 1))
     target = np.ascontiguousarray(rgb[top : top + side, left : left + side])
-    reference = augment_reference(target, rng)
+    reference = augment_reference(target, rng, strength)
     size = (WORK_PX, WORK_PX)
     return tuple(
         cv2.resize(frames.rgb_to_lab(image), size, interpolation=cv2.INTER_AREA)
@@ -91,7 +92,7 @@ def pca_basis(net: ColorNet, paths: list[Path], seed: int, dims: int) -> torch.T
 
 
 def build_cache(net: ColorNet, paths: list[Path], cache: Path, seed: int,
-                basis: torch.Tensor | None = None) -> dict:
+                basis: torch.Tensor | None = None, strength: float = 1.0) -> dict:
     """Write the frozen per-pair tensors as fp16 .npy files in `cache`; returns them (mmap).
 
     The PCA basis is computed from the photos unless given: every further pair set of the same
@@ -100,6 +101,8 @@ def build_cache(net: ColorNet, paths: list[Path], cache: Path, seed: int,
     meta_path = cache / "meta.json"
     meta = {"version": CACHE_VERSION, "seed": seed, "n": len(paths), "work_px": WORK_PX,
             "config": dataclasses.asdict(net.config), "names": [p.name for p in paths]}
+    if strength != 1.0:
+        meta["strength"] = strength
     meta = json.loads(json.dumps(meta))  # tuples -> lists, as read back from the file
     if meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
         logger.info("using the cache in %s", cache)
@@ -120,7 +123,8 @@ def build_cache(net: ColorNet, paths: list[Path], cache: Path, seed: int,
     pool = ThreadPoolExecutor(2)  # decoding and warping release the GIL for the most part
     for start in range(0, len(paths), ENCODE_BATCH):
         chunk = slice(start, min(start + ENCODE_BATCH, len(paths)))
-        pairs = list(pool.map(make_pair, paths[chunk], [seed] * ENCODE_BATCH))
+        pairs = list(pool.map(make_pair, paths[chunk], [seed] * ENCODE_BATCH,
+                              [strength] * ENCODE_BATCH))
         luma_t, ab_t = lab_tensors([t for t, _ in pairs])
         luma_r, ab_r = lab_tensors([r for _, r in pairs])
         with torch.inference_mode():
@@ -236,6 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=1, help="augmented pairs per photo: "
                         "pair set k is drawn with seed + k and cached in RUN/cache (k = 0) "
                         "or RUN/cache_k (13 min and 2.9 GB each on a 2-core CPU)")
+    parser.add_argument("--strong", type=int, default=0, help="further pair sets whose "
+                        "references are distorted twice as hard (related but less aligned, as "
+                        "a film's later frames are to its first); cached in RUN/cache_strong_k")
+    parser.add_argument("--init", type=Path, default=None, help="start from the weights of "
+                        "this checkpoint (a fine-tune; the schedule starts afresh)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
@@ -255,13 +264,17 @@ def main(argv: list[str] | None = None) -> int:
     for k in range(1, args.pairs):
         basis = net.feature_proj.clone()
         pair_sets.append(build_cache(net, paths, args.run / f"cache_{k}", args.seed + k, basis))
+    for k in range(args.strong):
+        basis = net.feature_proj.clone()
+        pair_sets.append(build_cache(net, paths, args.run / f"cache_strong_{k}",
+                                     args.seed + 100 + k, basis, strength=2.0))
     # Into RAM (random access); pair i of set k is row k * n + i. Only set 0 is validated, so
     # the validation numbers stay comparable whatever --pairs is.
     data = {k: np.concatenate([s[k] for s in pair_sets]) for k in CACHE_SHAPES}
     val_idx = np.arange(len(paths))[::VAL_EVERY]
-    photo_of_row = np.arange(len(paths) * args.pairs) % len(paths)
+    photo_of_row = np.arange(len(paths) * len(pair_sets)) % len(paths)
     train_idx = np.flatnonzero(~np.isin(photo_of_row, val_idx))
-    logger.info("%d training pairs (%d per photo), %d held out", len(train_idx), args.pairs,
+    logger.info("%d training pairs (%d per photo), %d held out", len(train_idx), len(pair_sets),
                 len(val_idx))
 
     trainable = [p for n, p in net.named_parameters() if not n.startswith("backbone.")]
@@ -278,7 +291,12 @@ def main(argv: list[str] | None = None) -> int:
         rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
         logger.info("resumed at step %d (best val %.5f)", step, best)
-    elif step == 0:
+    else:
+        if args.init is not None:
+            state = torch.load(args.init, map_location="cpu", weights_only=True)["state_dict"]
+            missing = net.load_state_dict(state, strict=False).missing_keys
+            assert all(k.startswith("backbone.") for k in missing), missing
+            logger.info("weights from %s", args.init)
         logger.info("val at init: %s", fmt(validate(net, data, val_idx)))
     net.train()
     started, first_step = time.perf_counter(), step

@@ -29,7 +29,7 @@ BACKBONE_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf7
 _REGISTRY: dict[str, NetConfig] = {"match": NetConfig(kind="match"), "net": NetConfig(kind="net")}
 # name -> (file in the models folder, sha256) of our own trained weights (see models/MODEL_CARD.md)
 _SHIPPED: dict[str, tuple[str, str]] = {
-    "net": ("colornet.pt", "294c98ee4b7c9777c9036fc9af327b64f6479d3589f0d55ff6f16bcd2ffbc6ce"),
+    "net": ("colornet.pt", "1cb4da8d7976a735668e952febdc19a0985a8856c7429466fbe29a3c2c234e70"),
 }
 _BACKBONE_KEYS = "backbone."  # state-dict prefix of the frozen backbone, never in checkpoints
 MODEL_DIR_ENV = "VIDCOLOR_MODEL_DIR"  # optional folder searched first for the shipped files
