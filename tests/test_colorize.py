@@ -278,3 +278,10 @@ def test_learned_net_on_a_real_photo_is_accurate_and_colourful(net_model, sample
 def test_learned_net_needs_its_own_method(net_model):
     with pytest.raises(OptionsError, match="net"):
         Colorizer(net_model, colorful_still(), FAST)
+
+
+def test_without_options_the_colorizer_takes_the_models_own_method(net_model):
+    colorizer = Colorizer(net_model, colorful_still())
+    assert colorizer.opts.method == "net"
+    out = colorizer.colorize_rgb([colorful_still()])[0]
+    assert out.shape == colorful_still().shape

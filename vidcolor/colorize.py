@@ -79,7 +79,7 @@ class Colorizer:
         model: a colouriser from `weights.load_model` (eval mode); it runs on its own device.
         reference_rgb: (H, W, 3) uint8 RGB colour still, shorter side >= MIN_REFERENCE_SIDE_PX,
             or a list of such stills (the first is in force at the start).
-        opts: run options; defaults to ColorizeOptions().
+        opts: run options; defaults to ColorizeOptions() for the model's own method.
 
     Raises:
         ReferenceImageError: the reference is not an (H, W, 3) uint8 image, is too small, or is
@@ -91,8 +91,8 @@ class Colorizer:
         self, model: nn.Module, reference_rgb: np.ndarray | list[np.ndarray],
         opts: ColorizeOptions | None = None,
     ) -> None:
-        self.opts = opts or ColorizeOptions()
         kind = model.config.kind
+        self.opts = opts or ColorizeOptions(method=kind)  # no options: the model's own method
         if kind != self.opts.method:
             raise OptionsError(
                 f"ColorizeOptions.method is {self.opts.method!r} but the model is {kind!r}; "
