@@ -290,8 +290,7 @@ def extras_from_files(src: Path, ref: Path | ReferencePlan, out: Path, request: 
     info = io.probe(src)
     extras = RunExtras(src, ref, out, info, request, identity,
                        model=model if request.report is not None else None)
-    reference_rgb = None if request.preview is None else [
-        io.load_still(still, role="reference") for still in extras.refs]
+    reference_rgb = None if request.preview is None else extras.plan.read_stills()[0]
     count = 0
     with ExitStack() as stack:
         extras.open_compare(stack)

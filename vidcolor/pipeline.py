@@ -161,34 +161,31 @@ def colorize_video(src: Path, ref: Path | str | Sequence[Path | str], out: Path,
     info = io.probe(src)
     check_output_path(out, src, opts.overwrite)
     check_extras(request, src, out, info, opts.overwrite)
+    image = io.load_still(src, role="input") if info.is_still else None  # read once
     if len(stills) == 1 and ref_map is None:
         plan = ReferencePlan.single(stills[0])
     else:
-        decoded = None
-        if info.is_still:
-            decoded = [Frame(index=0, pts=None, source=io.load_still(src, role="input"))]
+        decoded = None if image is None else [Frame(index=0, pts=None, source=image)]
         plan = plan_references(src, stills, model or load_model_for(opts), opts.temporal, info,
                                ref_map, decoded)
         if on_plan is not None:
             on_plan(plan)
-    used = plan.used()
-    references_rgb = [io.load_still(plan.references[i], role="reference") for i in used]
+    references_rgb, reference_of = plan.read_stills()
     extras = RunExtras(src, plan, out, info, request, run_identity(opts, model),
                        model=(model or load_model_for(opts)) if report is not None else None)
     if info.is_still:
-        extras.add(_colorize_still_file(src, references_rgb[0], out, opts, model, extras.tag))
+        extras.add(_colorize_still_file(image, references_rgb[0], out, opts, model, extras.tag))
         extras.finish(references_rgb, 1)
         return out
     container_format(out)
-    slot = {index: position for position, index in enumerate(used)}
     with ExitStack() as stack:
         extras.open_compare(stack)  # entered first, so the output is finished before it
         writer = stack.enter_context(VideoWriter(out, info, audio_from=src, opts=opts.encode,
                                                  metadata=extras.tag))
         colorizer = Colorizer(model or load_model_for(opts), references_rgb, opts.colorize)
         decoded = _note_colour_input(io.read_frames(src), src)
-        frames = stack.enter_context(contextlib.closing(run_stages(
-            decoded, colorizer, opts, lambda index: slot[plan.reference_at(index)])))
+        frames = stack.enter_context(contextlib.closing(run_stages(decoded, colorizer, opts,
+                                                                reference_of)))
         bar = stack.enter_context(tqdm(total=info.n_frames, unit="frame", disable=not show_progress,
                                        desc=src.name, dynamic_ncols=True))
         for frame in frames:
@@ -264,10 +261,10 @@ def colorize_image(image: np.ndarray, reference: np.ndarray, *, method: str = "m
     return colorizer.colorize_rgb([image])[0]
 
 
-def _colorize_still_file(src: Path, reference_rgb: np.ndarray, out: Path, opts: PipelineOptions,
-                         model, tag: dict[str, str]) -> Frame:
-    """Colourise a still into `out`; returns it as a one-frame Frame for the by-products."""
-    image = io.load_still(src, role="input")
+def _colorize_still_file(image: np.ndarray, reference_rgb: np.ndarray, out: Path,
+                         opts: PipelineOptions, model, tag: dict[str, str]) -> Frame:
+    """Colourise a still image ((H, W, 3) uint8 RGB) into `out`; returns it as a one-frame
+    Frame for the by-products."""
     colorizer = Colorizer(model or load_model_for(opts), reference_rgb, opts.colorize)
     color = colorizer.colorize_rgb([image])[0]
     write_still(out, color, comment=tag.get(TAG_KEY))

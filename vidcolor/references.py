@@ -15,7 +15,7 @@ import bisect
 import logging
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -176,8 +176,10 @@ def expand_references(specs: Sequence[str | Path]) -> list[Path]:
             found.append(path)
     if not found:
         raise ReferenceImageError("No reference given; pass --ref STILL (or a folder, or auto)")
-    unique = list(dict.fromkeys(p.resolve() for p in found))
-    return [next(p for p in found if p.resolve() == u) for u in unique]
+    unique: dict[Path, Path] = {}  # resolved -> as given, the first time
+    for path in found:
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())
 
 
 @dataclass(frozen=True)
@@ -230,9 +232,24 @@ class ReferencePlan:
         """Index into `references` of the still that colours `frame_index`."""
         return self.shot_at(frame_index).reference
 
-    def used(self) -> list[int]:
-        """Indices of the references some shot uses, in order of first use."""
-        return list(dict.fromkeys(shot.reference for shot in self.shots))
+    def used(self, start: int = 0, stop: float = math.inf) -> list[int]:
+        """Indices into `references` of the stills that colour frames [start, stop) (the whole
+        film by default), in order of first use: the first is the one in force at `start`."""
+        starts = [start] + [shot.start for shot in self.shots if start < shot.start < stop]
+        return list(dict.fromkeys(self.reference_at(index) for index in starts))
+
+    def read_stills(self, start: int = 0, stop: float = math.inf,
+                    ) -> tuple[list[np.ndarray], Callable[[int], int]]:
+        """The stills that colour frames [start, stop), read once in `used` order, and the map
+        frame index -> position among them: what `Colorizer` and its `run` take.
+
+        Raises:
+            ReferenceImageError: a still cannot be read.
+        """
+        used = self.used(start, stop)
+        stills = [io.load_still(self.references[i], role="reference") for i in used]
+        slot = {index: position for position, index in enumerate(used)}
+        return stills, lambda index: slot[self.reference_at(index)]
 
     def lines(self) -> list[str]:
         """The plan as text, one shot per line; also valid as a mapping file (`--ref-map`)."""

@@ -180,10 +180,7 @@ def colorize_segment(src: Path, ref: Path | ReferencePlan, seg_out: Path, start_
     opts = opts or PipelineOptions()
     src, seg_out = Path(src), Path(seg_out)
     plan = ref if isinstance(ref, ReferencePlan) else ReferencePlan.single(Path(ref))
-    used = _references_in(plan, start_index, stop_index)
-    references_rgb = [io.load_still(plan.references[i], role="reference") for i in used]
-    slot = {index: position for position, index in enumerate(used)}
-    reference_of = None if len(used) == 1 else lambda index: slot[plan.reference_at(index)]
+    references_rgb, reference_of = plan.read_stills(start_index, stop_index)
     info = io.probe(src)
     with ExitStack() as stack:
         writer = stack.enter_context(VideoWriter(seg_out, info, audio_from=None,
@@ -201,13 +198,6 @@ def colorize_segment(src: Path, ref: Path | ReferencePlan, seg_out: Path, start_
             raise VideoOpenError(f"'{src}' has changed: frames {start_index}..{stop_index - 1} "
                                  f"could not all be decoded; plan the film again")
     return writer.frames_written
-
-
-def _references_in(plan: ReferencePlan, start_index: int, stop_index: int) -> list[int]:
-    """Indices into `plan.references` of the stills that colour frames [start, stop), in order
-    of first use (the first is the one in force at `start_index`)."""
-    starts = [start_index] + [s.start for s in plan.shots if start_index < s.start < stop_index]
-    return list(dict.fromkeys(plan.reference_at(index) for index in starts))
 
 
 def join_reel(src: Path, segment_files: list[Path], out: Path,
