@@ -24,7 +24,7 @@ from vidcolor.errors import OptionsError, ReferenceImageError
 from vidcolor.frames import Frame
 from vidcolor.weights import load_model
 
-FAST = ColorizeOptions(work_side_px=128)  # for tests of shapes and contracts, not accuracy
+FAST = ColorizeOptions(method="match", work_side_px=128)  # shapes and contracts, not accuracy
 
 
 @pytest.fixture(scope="module")

@@ -144,7 +144,7 @@ def test_compare_video_is_input_beside_output_with_the_sound(gray_clip, ref_stil
         left, right = pair.source[:, :64], pair.source[:, 64:]
         assert np.hypot(*rgb_to_lab(left)[..., 1:].transpose(2, 0, 1)).mean() < 3.0  # grey
         assert np.abs(left.astype(int) - source.source).mean() < 4.0  # the input
-        assert np.hypot(*rgb_to_lab(right)[..., 1:].transpose(2, 0, 1)).mean() > 10.0
+        assert np.hypot(*rgb_to_lab(right)[..., 1:].transpose(2, 0, 1)).mean() > 6.0  # grey is < 3
         to_output = np.abs(right.astype(int) - output.source).mean()
         assert to_output < 0.5 * np.abs(right.astype(int) - source.source).mean()  # the output
         luma_gap = pair.luma_plane[:, 64:].astype(int) - source.luma_plane  # lossy H.264

@@ -19,7 +19,7 @@ from vidcolor.mux import partial_path
 from vidcolor.pipeline import PipelineOptions
 from vidcolor.provenance import TAG_KEY, describe_media, sidecar_path
 from vidcolor.temporal import TemporalOptions
-from vidcolor.weights import BACKBONE_SHA256, backbone_weights_path
+from vidcolor.weights import BACKBONE_SHA256, backbone_weights_path, shipped_weights_path
 
 
 def sha256(path):
@@ -51,15 +51,16 @@ def test_sidecar_hashes_match_the_files(run, gray_clip, ref_still):
     assert record["reference"]["sha256"] == sha256(ref_still)
     assert record["output"]["sha256"] == sha256(out)
     assert record["output"]["size_bytes"] == out.stat().st_size
-    (weights,) = record["model"]["weights"]
-    assert weights["role"] == "backbone"
-    assert weights["sha256"] == BACKBONE_SHA256 == sha256(backbone_weights_path())
+    net, backbone = record["model"]["weights"]  # the default learned net runs on the backbone
+    assert net["role"] == "net" and net["sha256"] == sha256(shipped_weights_path("net")[0])
+    assert backbone["role"] == "backbone"
+    assert backbone["sha256"] == BACKBONE_SHA256 == sha256(backbone_weights_path())
 
 
 def test_sidecar_records_settings_versions_layout_and_times(run, gray_clip):
     _, opts, record = run
     assert record["vidcolor"] == __version__
-    assert record["model"]["name"] == "match"
+    assert record["model"]["name"] == "net"
     assert record["settings"] == dataclasses.asdict(opts)
     assert PipelineOptions.from_dict(record["settings"]) == opts
     assert record["output"]["frames"] == 24
@@ -78,7 +79,7 @@ def test_sidecar_records_settings_versions_layout_and_times(run, gray_clip):
 def test_metadata_tag_is_readable_with_pyav(run, ref_still):
     out, _, record = run
     tag = container_tags(out)[TAG_KEY]
-    assert tag.startswith(f"vidcolor {__version__}; model match")
+    assert tag.startswith(f"vidcolor {__version__}; model net")
     assert sha256(ref_still) in tag
     assert record["output"]["metadata"][TAG_KEY] == tag
 

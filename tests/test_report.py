@@ -69,7 +69,7 @@ def test_report_values_are_sane(report_run):
         assert shot["ewarp_ab_mean"] >= 0.0 and 0.0 <= shot["cdc"] <= 1.0
         assert 0.0 < shot["match_confidence_mean"] <= 1.0  # a cosine similarity
     assert not data["notes"]  # match confidence was measured: no note says otherwise
-    assert data["run"]["reference_sha256"] and data["run"]["model"] == "match"
+    assert data["run"]["reference_sha256"] and data["run"]["model"] == "net"
 
 
 def test_html_has_the_table_and_the_plot(report_run):

@@ -38,7 +38,7 @@ MAX_BATCH_SIZE = 256  # frames per network call; a sanity bound, not a tuning va
 class ColorizeOptions:
     """Per-run knobs of the colouriser. Derive variants with `dataclasses.replace`."""
 
-    method: str = "match"  # colouriser: "match" (training-free matching) or "net" (learned)
+    method: str = "net"  # colouriser: "net" (learned ColorNet) or "match" (training-free)
     work_side_px: int = 256  # long side of the image the network sees, px (rounded to 16)
     feature_stride_px: int | None = None  # matching grid stride, working px; None = model default
     batch_size: int = 4  # frames per network call

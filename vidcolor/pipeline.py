@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import MISSING, dataclass, field, fields
@@ -32,7 +33,7 @@ from .provenance import TAG_KEY
 from .references import ReferencePlan, expand_references, plan_references
 from .temporal import TemporalFilter, TemporalOptions
 from .threads import in_thread
-from .weights import backbone_weights_path, load_model, shipped_weights_path
+from .weights import MODEL_DIR_ENV, backbone_weights_path, load_model, shipped_weights_path
 
 logger = logging.getLogger(__name__)
 
@@ -204,11 +205,10 @@ def run_identity(opts: PipelineOptions, model) -> RunIdentity:
     """The model, weights files and settings of a run, for its provenance and report."""
     if model is not None:  # handed over in memory: its files are not known
         name, weights = model.config.kind, []
-    elif opts.colorize.method == "match":
-        name, weights = "match", [("backbone", backbone_weights_path())]
-    else:
+    else:  # every colouriser runs on the backbone; a learned one has its own file too
         name = opts.colorize.method
-        weights = [(name, shipped_weights_path(name)[0])]
+        weights = [] if name == "match" else [(name, shipped_weights_path(name)[0])]
+        weights.append(("backbone", backbone_weights_path()))
     return RunIdentity(name, weights, dataclasses.asdict(opts), opts.temporal)
 
 
@@ -243,7 +243,7 @@ def _has_colour(rgb: np.ndarray) -> bool:
 
 
 
-def colorize_image(image: np.ndarray, reference: np.ndarray, *, method: str = "match",
+def colorize_image(image: np.ndarray, reference: np.ndarray, *, method: str = "net",
                    device: str = "auto") -> np.ndarray:
     """Colourise one picture from one reference, in memory.
 
@@ -274,10 +274,11 @@ def _colorize_still_file(image: np.ndarray, reference_rgb: np.ndarray, out: Path
 def load_model_for(opts: PipelineOptions):
     """The model `opts` asks for, on its device; loaded once per process and reused."""
     device = None if opts.device == "auto" else opts.device
-    return _cached_model(opts.colorize.method, device)
+    return _cached_model(opts.colorize.method, device, os.environ.get(MODEL_DIR_ENV))
 
 
 @lru_cache(maxsize=4)
-def _cached_model(name: str, device: str | None):
-    """Loading is seconds of work; reuse a model across calls in one process."""
+def _cached_model(name: str, device: str | None, model_dir: str | None):
+    """Loading is seconds of work; reuse a model across calls in one process. `model_dir`
+    (where the weights are looked for first) is part of the key: other files, another load."""
     return load_model(name, device=device)

@@ -47,7 +47,7 @@ def default_device() -> str:
     return device
 
 
-def load_model(name_or_path: str | Path = "match", device: str | None = None) -> nn.Module:
+def load_model(name_or_path: str | Path = "net", device: str | None = None) -> nn.Module:
     """Build a colouriser and load its weights, checking every file's integrity.
 
     Args:
