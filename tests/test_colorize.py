@@ -188,6 +188,26 @@ def test_guided_filter_keeps_flat_signals_and_follows_edges():
     assert filtered[16, 17, 0] - filtered[16, 14, 0] > step_in
 
 
+def test_a_carried_slope_gives_the_target_the_references_colour_edge():
+    """Guided upsampling with the reference's slope: a flat colour over a luma edge gets a
+    sharp colour step at the edge (most of slope x luma step), its own colour elsewhere."""
+    guide = np.zeros((32, 32), np.float32)
+    guide[:, 16:] = 0.5  # a luma edge
+    flat = np.full((32, 32, 2), 10.0, np.float32)  # too smooth to have a colour edge
+    slope = np.zeros((32, 32, 2), np.float32)
+    slope[..., 0] = 40.0  # ab per unit of luminance: a steps by 20 where luma steps by 0.5
+
+    def filtered(coef: np.ndarray) -> np.ndarray:
+        return coef[..., :2] * guide[..., None] + coef[..., 2:]
+
+    plain = filtered(_guided_coefficients(guide, flat, 2, 1e-3))
+    carried = filtered(_guided_coefficients(guide, flat, 2, 1e-3, slope))
+    assert abs(plain[16, 16, 0] - plain[16, 15, 0]) < 1e-3  # no edge to follow
+    assert carried[16, 16, 0] - carried[16, 15, 0] > 15.0  # the reference's colour edge
+    np.testing.assert_allclose(carried[:, [0, 31]], 10.0, atol=1e-3)  # away from it: its own
+    np.testing.assert_allclose(carried[..., 1], 10.0, atol=1e-3)  # b had no slope
+
+
 def test_max_chroma_table_is_the_gamut_boundary():
     table = _max_chroma_table()
     assert table.shape == (101, 361) and table[0].max() < 1.0 and table[100].max() < 1.0

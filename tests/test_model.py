@@ -103,6 +103,27 @@ def test_matchnet_shapes(net):
         assert ab.shape == (3, 2, 48 // stride, 80 // stride) and ab.dtype == torch.float32
 
 
+def test_carried_values_travel_with_the_colours(net):
+    """`carry` channels are pooled and warped by the same attention as ab: carrying ab itself
+    gives back the matcher's ab exactly, for MatchNet and (before its decoder) ColorNet."""
+    ref_luma, ref_ab = smooth_luma(64, 96), torch.randn(1, 2, 64, 96) * 20
+    target = smooth_luma(48, 80, seed=1).expand(2, -1, -1, -1)
+    learned = load_model("net", device="cpu")
+    with torch.inference_mode():
+        out = net(target, net.encode_reference(ref_luma, ref_ab, carry=ref_ab))
+        reference = learned.encode_reference(ref_luma, ref_ab, carry=ref_ab)
+        features = learned.project(learned.backbone(target, 4))
+        _, warped = learned.decode(features, target, reference)
+        net_out = learned(target, reference)
+    assert out.shape == (2, 4, 12, 20)
+    torch.testing.assert_close(out[:, 2:], out[:, :2], atol=1e-3, rtol=0)
+    assert net_out.shape == (2, 4, 24, 40) and warped.shape == (2, 4, 24, 40)
+    torch.testing.assert_close(warped[:, 2:], warped[:, :2] * model_module.AB_SCALE,
+                               atol=1e-3, rtol=0)
+    torch.testing.assert_close(net_out[:, 2:], warped[:, 2:])
+    assert reference.palette.shape == (1, learned.config.palette_bins ** 2 + 4)
+
+
 def test_matchnet_rejects_a_bad_stride(net):
     with pytest.raises(OptionsError, match="grid_stride_px"):
         net.encode_reference(smooth_luma(64, 64), torch.zeros(1, 2, 64, 64), 5)

@@ -201,8 +201,13 @@ class Colorizer:
             "reference %dx%d encoded at %dx%d on %s",
             reference_rgb.shape[1], reference_rgb.shape[0], width, height, self.device,
         )
+        carry = None
+        if self.opts.guide_radius_px > 0:  # how ab follows L locally, for the guided upsampling
+            slope = _local_slope(lab_work[..., 0] / 100.0, lab_work[..., 1:],
+                                 self.opts.guide_radius_px, self.opts.guide_eps)
+            carry = torch.from_numpy(slope).permute(2, 0, 1).unsqueeze(0).to(self.device)
         return self.model.encode_reference(
-            lab_t[:, :1] / 100.0, lab_t[:, 1:], self.opts.feature_stride_px
+            lab_t[:, :1] / 100.0, lab_t[:, 1:], self.opts.feature_stride_px, carry
         )
 
     def _luma(self, rgb: np.ndarray) -> np.ndarray:
@@ -221,18 +226,21 @@ class Colorizer:
         work = np.stack(
             [cv2.resize(luma, shape[::-1], interpolation=cv2.INTER_AREA) for luma in lumas]
         )  # (B, h, w) float32 luminance
-        ab_grid = self._network_ab(work)  # (B, h/s, w/s, 2)
+        values = self._network_ab(work)  # (B, h/s, w/s, 2 or 4): ab, then the carried slope
         outputs = []
-        for luma, luma_work, ab in zip(lumas, work, ab_grid, strict=True):
-            ab_work = cv2.resize(ab, shape[::-1], interpolation=cv2.INTER_LINEAR)
+        for luma, luma_work, grid_values in zip(lumas, work, values, strict=True):
+            grid_values = cv2.resize(grid_values, shape[::-1], interpolation=cv2.INTER_LINEAR)
+            ab_work, slope = grid_values[..., :2], grid_values[..., 2:]
             coef = _guided_coefficients(
-                luma_work, ab_work, self.opts.guide_radius_px, self.opts.guide_eps
+                luma_work, ab_work, self.opts.guide_radius_px, self.opts.guide_eps,
+                slope if slope.shape[-1] == 2 else None,
             )
             outputs.append(self._compose(luma, coef))
         return outputs
 
     def _network_ab(self, work: np.ndarray) -> np.ndarray:
-        """(B, h, w) float32 luminance -> (B, h/s, w/s, 2) float32 ab from the network.
+        """(B, h, w) float32 luminance -> (B, h/s, w/s, 2 + k) float32 ab (then the k carried
+        channels) from the network.
 
         CUDA out of memory is never passed over silently (a peer returns uncoloured frames):
         the batch is split in halves, and later batches keep the smaller size; if even one
@@ -334,8 +342,34 @@ def _make_luma_lut() -> np.ndarray:
     return (linear[:, None] * y_weights[None, :]).astype(np.float32).reshape(1, 256, 3)
 
 
+def _box_filter(radius_px: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Box mean over (2r + 1)^2 windows, reflected borders; (h, w) or (h, w, c) keep c."""
+    size = (2 * radius_px + 1, 2 * radius_px + 1)
+
+    def box(x: np.ndarray) -> np.ndarray:
+        out = cv2.blur(x, size, borderType=cv2.BORDER_REFLECT)
+        return out[..., None] if out.ndim == 2 else out
+
+    return box
+
+
+def _local_slope(guide: np.ndarray, src: np.ndarray, radius_px: int, eps: float) -> np.ndarray:
+    """Per window, the regularised least-squares slope of `src` against `guide`: the A of a
+    guided filter (He et al.). (h, w) guide, (h, w, 2) src -> (h, w, 2) float32.
+
+    On the reference it says how its colours change with lightness across an edge; carried to
+    the target by the attention, it gives the target's own edges the reference's colour edges.
+    """
+    box = _box_filter(radius_px)
+    mean_i, mean_p = box(guide), box(src)
+    cov_ip = box(guide[..., None] * src) - mean_i * mean_p
+    var_i = box(guide * guide) - mean_i * mean_i
+    return (cov_ip / (var_i + eps)).astype(np.float32)
+
+
 def _guided_coefficients(
-    guide: np.ndarray, src: np.ndarray, radius_px: int, eps: float
+    guide: np.ndarray, src: np.ndarray, radius_px: int, eps: float,
+    slope: np.ndarray | None = None,
 ) -> np.ndarray:
     """Mean linear coefficients of a guided filter (He et al.), to be upsampled afterwards.
 
@@ -344,6 +378,8 @@ def _guided_coefficients(
         src: (h, w, 2) float32 signal to filter (Lab ab).
         radius_px: box window radius (0 = no filtering: A = 0, B = src).
         eps: regulariser in squared guide units.
+        slope: (h, w, 2) float32 A to use instead of the one fitted to `src` (which is too
+            smooth to have colour edges): the reference's, carried by the attention.
 
     Returns:
         (h, w, 4) float32: box-averaged A_a, A_b (ab per guide unit) then B_a, B_b (ab), so
@@ -351,18 +387,9 @@ def _guided_coefficients(
     """
     if radius_px == 0:
         return np.concatenate([np.zeros_like(src), src], axis=-1)
-    size = (2 * radius_px + 1, 2 * radius_px + 1)
-    guide3 = guide[..., None]  # (h, w, 1), broadcasts over a and b
-
-    def box(x: np.ndarray) -> np.ndarray:
-        out = cv2.blur(x, size, borderType=cv2.BORDER_REFLECT)
-        return out[..., None] if out.ndim == 2 else out
-
-    mean_i, mean_p = box(guide), box(src)
-    cov_ip = box(guide3 * src) - mean_i * mean_p
-    var_i = box(guide * guide) - mean_i * mean_i
-    a = cov_ip / (var_i + eps)
-    b = mean_p - a * mean_i
+    box = _box_filter(radius_px)
+    a = _local_slope(guide, src, radius_px, eps) if slope is None else slope
+    b = box(src) - a * box(guide)
     return np.concatenate([box(a), box(b)], axis=-1)
 
 

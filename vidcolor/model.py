@@ -201,7 +201,8 @@ class MatchReference:
     Attributes:
         keys: (1, N, D + 2) float, the N reference grid positions' projected hypercolumns plus
             two luminance channels (see `MatchNet`).
-        ab: (1, N, 2) float, Lab a and b of each position (mean over its grid cell).
+        ab: (1, N, 2 + k) float, Lab a and b of each position (mean over its grid cell), then
+            the k channels carried along (`encode_reference`'s `carry`).
         projection: (C, D) float, orthonormal columns mapping hypercolumns to match space.
         grid_stride_px: grid stride the reference was encoded at; targets use the same.
     """
@@ -233,7 +234,8 @@ class MatchNet(nn.Module):
         self._scores = torch.empty(0)  # similarity scratch buffer, grown on demand
 
     def encode_reference(
-        self, ref_luma: torch.Tensor, ref_ab: torch.Tensor, grid_stride_px: int | None = None
+        self, ref_luma: torch.Tensor, ref_ab: torch.Tensor, grid_stride_px: int | None = None,
+        carry: torch.Tensor | None = None,
     ) -> MatchReference:
         """Compute the reference features once, to reuse for every target frame.
 
@@ -241,6 +243,9 @@ class MatchNet(nn.Module):
             ref_luma: (1, 1, H, W) float luminance (Lab L / 100) in [0, 1].
             ref_ab: (1, 2, H, W) float Lab a and b, roughly in [-128, 127].
             grid_stride_px: matching grid stride in px; None uses `config.grid_stride_px`.
+            carry: (1, k, H, W) float, other per-pixel values of the reference that the
+                attention carries to the target like its colours (`forward` returns them after
+                a and b); the colouriser sends its local colour-per-lightness slopes.
 
         Returns:
             The encoded reference, on the device of the inputs.
@@ -257,7 +262,8 @@ class MatchNet(nn.Module):
         weight = self.config.luma_weight
         keys = [features @ projection, (2.0 * weight) ** 0.5 * luma, -weight * luma * luma]
         grid = ref_luma.shape[-2] // stride, ref_luma.shape[-1] // stride
-        ab = _positions(F.adaptive_avg_pool2d(ref_ab, grid))  # (1, N, 2)
+        values = ref_ab if carry is None else torch.cat([ref_ab, carry], 1)
+        ab = _positions(F.adaptive_avg_pool2d(values, grid))  # (1, N, 2 + k)
         return MatchReference(torch.cat(keys, -1), ab, projection, stride)
 
     def forward(self, target_luma: torch.Tensor, reference: MatchReference) -> torch.Tensor:
@@ -268,7 +274,8 @@ class MatchNet(nn.Module):
             reference: from `encode_reference`, on the same device.
 
         Returns:
-            (B, 2, H / s, W / s) float Lab a and b, s = reference.grid_stride_px.
+            (B, 2 + k, H / s, W / s) float Lab a and b (then the k carried channels),
+            s = reference.grid_stride_px.
         """
         stride = reference.grid_stride_px
         features, luma = self._features(target_luma, stride)  # (B, M, C), (B, M, 1)
@@ -277,19 +284,19 @@ class MatchNet(nn.Module):
         query = torch.cat([projected, (2.0 * weight) ** 0.5 * luma, torch.ones_like(luma)], -1)
         query = query / self.config.temperature  # (B, M, D + 2)
         keys_t = reference.keys[0].T.contiguous()  # (D + 2, N)
-        ab_one = F.pad(reference.ab[0], (0, 1), value=1.0)  # (N, 3): a, b, 1 -> softmax sum
-        ab = torch.cat([self._attend(q, keys_t, ab_one) for q in query])  # (B*M, 2)
+        ab_one = F.pad(reference.ab[0], (0, 1), value=1.0)  # (N, 3 + k): a, b, ..., 1 -> sum
+        ab = torch.cat([self._attend(q, keys_t, ab_one) for q in query])  # (B*M, 2 + k)
         grid = target_luma.shape[-2] // stride, target_luma.shape[-1] // stride
-        return ab.view(len(query), *grid, 2).permute(0, 3, 1, 2)
+        return ab.view(len(query), *grid, ab.shape[-1]).permute(0, 3, 1, 2)
 
     @torch.inference_mode()
     def _attend(
         self, query: torch.Tensor, keys_t: torch.Tensor, ab_one: torch.Tensor
     ) -> torch.Tensor:
-        """Softmax attention of (M, D) queries on (D, N) keys over (N, 3) values (ab, 1).
+        """Softmax attention of (M, D) queries on (D, N) keys over (N, V + 1) values (then 1).
 
         Works in row chunks in one similarity buffer kept between calls: a fresh (M, N)
-        matrix per frame costs more in page faults than the arithmetic. Returns (M, 2) ab.
+        matrix per frame costs more in page faults than the arithmetic. Returns (M, V).
         """
         n_keys = keys_t.shape[1]
         scores_buf = self._scores
@@ -299,14 +306,14 @@ class MatchNet(nn.Module):
         ):
             scores_buf = query.new_empty(ATTENTION_ROWS * n_keys)
             self._scores = scores_buf
-        out = query.new_empty(query.shape[0], 3)
+        out = query.new_empty(query.shape[0], ab_one.shape[1])
         for start in range(0, query.shape[0], ATTENTION_ROWS):
             rows = query[start : start + ATTENTION_ROWS]
             scores = scores_buf[: len(rows) * n_keys].view(len(rows), n_keys)
             torch.mm(rows, keys_t, out=scores)  # (rows, N) similarity / temperature
             scores.sub_(scores.amax(1, keepdim=True)).exp_()
             torch.mm(scores, ab_one, out=out[start : start + len(rows)])
-        return out[:, :2] / out[:, 2:]
+        return out[:, :-1] / out[:, -1:]
 
     def _features(self, luma: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Hypercolumns (B, M, C) and mean luminance (B, M, 1) of the M grid cells, row-major."""
@@ -336,7 +343,8 @@ class NetReference:
     Attributes:
         keys: (1, N, K + 3) float, learned keys of the N reference grid positions plus three
             luminance channels (the query . key product includes MatchNet's luminance term).
-        values: (1, N, 2) float, Lab a and b / AB_SCALE of each position (grid-cell mean).
+        values: (1, N, 2 + k) float, Lab a and b / AB_SCALE of each position (grid-cell
+            mean), then the k carried channels (`encode_reference`'s `carry`).
         palette: (1, P) float, the global colour embedding input (ab histogram, mean, std).
         grid_stride_px: grid stride the reference was encoded at (always the config's).
     """
@@ -380,7 +388,8 @@ class ColorNet(nn.Module):
         self.decoder = _Decoder(cfg)
 
     def encode_reference(
-        self, ref_luma: torch.Tensor, ref_ab: torch.Tensor, grid_stride_px: int | None = None
+        self, ref_luma: torch.Tensor, ref_ab: torch.Tensor, grid_stride_px: int | None = None,
+        carry: torch.Tensor | None = None,
     ) -> NetReference:
         """Compute the reference features once, to reuse for every target frame.
 
@@ -389,6 +398,8 @@ class ColorNet(nn.Module):
             ref_ab: (1, 2, H, W) float Lab a and b, roughly in [-128, 127].
             grid_stride_px: must be None or `config.grid_stride_px` (the net was trained on
                 that grid).
+            carry: (1, k, H, W) float, other per-pixel values that the attention carries to
+                the target like the colours (as in `MatchNet.encode_reference`).
 
         Raises:
             OptionsError: another grid stride was asked for.
@@ -398,6 +409,8 @@ class ColorNet(nn.Module):
         grid = features.shape[-2:]
         luma = F.adaptive_avg_pool2d(ref_luma, grid)  # (1, 1, h, w)
         ab = F.adaptive_avg_pool2d(ref_ab, grid) / AB_SCALE  # (1, 2, h, w)
+        if carry is not None:
+            ab = torch.cat([ab, F.adaptive_avg_pool2d(carry, grid)], 1)
         return self.encode_grid(features, luma, ab, stride)
 
     def project(self, hypercolumns: torch.Tensor) -> torch.Tensor:
@@ -411,14 +424,15 @@ class ColorNet(nn.Module):
 
         Args:
             features: (B, F, h, w) projected hypercolumns; luma: (B, 1, h, w) cell-mean
-                luminance in [0, 1]; ab: (B, 2, h, w) cell-mean Lab ab / AB_SCALE.
+                luminance in [0, 1]; ab: (B, 2 + k, h, w) cell-mean Lab ab / AB_SCALE, then k
+                carried channels.
         """
         weight = self.luma_weight.clamp(min=0.0)
         luma_n = _positions(luma)  # (B, N, 1)
         keys = [self.key(_positions(features)), (2.0 * weight).sqrt() * luma_n,
                 -weight * luma_n * luma_n, torch.ones_like(luma_n)]
         values = _positions(ab)  # (B, N, 2)
-        palette = _palette(values, self.config.palette_bins)
+        palette = _palette(values[..., :2], self.config.palette_bins)
         return NetReference(torch.cat(keys, -1), values, palette, stride)
 
     def forward(self, target_luma: torch.Tensor, reference: NetReference) -> torch.Tensor:
@@ -430,11 +444,13 @@ class ColorNet(nn.Module):
             reference: from `encode_reference`, on the same device.
 
         Returns:
-            (B, 2, H / 2, W / 2) float Lab a and b.
+            (B, 2 + k, H / 2, W / 2) float Lab a and b, then the k carried channels
+            (bilinear from the attention grid).
         """
         stride = reference.grid_stride_px
         features = self.project(self.backbone(target_luma, stride))  # (B, F, H/4, W/4)
-        return self.decode(features, target_luma, reference)[0] * AB_SCALE
+        predicted, warped = self.decode(features, target_luma, reference)
+        return torch.cat([predicted * AB_SCALE, warped[:, 2:]], 1)
 
     def decode(
         self,
@@ -453,7 +469,8 @@ class ColorNet(nn.Module):
                 does, to save time); the reverse check still sees the whole target.
 
         Returns:
-            Predicted and warped ab / AB_SCALE, both (B, 2, 2h, 2w) float (of the crop).
+            Predicted ab / AB_SCALE, (B, 2, 2h, 2w) float (of the crop), and the warped
+            reference values (B, 2 + k, 2h, 2w): ab / AB_SCALE, then the carried channels.
         """
         batch, _, height, width = features.shape
         luma_grid = F.adaptive_avg_pool2d(target_luma, (height, width))  # (B, 1, h, w)
@@ -476,10 +493,14 @@ class ColorNet(nn.Module):
             query.reshape(batch, height * width, -1), col_query, reference.keys,
             reference.values, self.log_temperature.exp(),
         )
-        warped = warped.transpose(1, 2).reshape(batch, 2, height, width)  # (B, 2, h, w)
+        warped = warped.transpose(1, 2).reshape(batch, -1, height, width)  # (B, 2 + k, h, w)
         confidence = confidence.transpose(1, 2).reshape(batch, 3, height, width)
         palette = reference.palette.expand(batch, -1)
-        return self.decoder(features, luma_grid, target_luma, warped, confidence, palette)
+        size = (2 * height, 2 * width)
+        warped2 = F.interpolate(warped, size=size, mode="bilinear", align_corners=False)
+        predicted = self.decoder(features, luma_grid, target_luma, warped[:, :2],
+                                 warped2[:, :2], confidence, palette)
+        return predicted, warped2
 
     def _check_stride(self, grid_stride_px: int | None) -> int:
         stride = self.config.grid_stride_px
@@ -505,11 +526,11 @@ def _attend(
             query . key is their similarity.
         col_query: (B, M', D) the target positions the reverse check compares with: every
             other row and column of the whole target grid.
-        values: (B or 1, N, 2) reference ab / AB_SCALE.
+        values: (B or 1, N, V) reference ab / AB_SCALE (and any carried channels).
         temperature: () softmax temperature.
 
     Returns:
-        (B, M, 2) warped ab / AB_SCALE and (B, M, 3) confidence: best similarity, attention
+        (B, M, V) warped values and (B, M, 3) confidence: best similarity, attention
         entropy / log N in [0, 1], and the reverse check sum_j A_ij (z_ij - max_i' z_i'j) / 10
         with z = similarity / temperature and i' over `col_query` (cheaper than all target
         positions): <= 0 roughly, 0 when the match is mutual.
@@ -538,19 +559,19 @@ def _attend_chunks(
     """`_attend`'s inference path: ATTENTION_ROWS target rows at a time, in two reused
     buffers that stay in cache (a full (B, M, N) softmax costs several trips to memory).
 
-    Returns (B, M, 1) row max, (B, M, 1) sum of exp, (B, M, 2) warped values, (B, M, 1) mean
+    Returns (B, M, 1) row max, (B, M, 1) sum of exp, (B, M, V) warped values, (B, M, 1) mean
     logit and (B, M, 1) attention-weighted (logit - column max), as `_attend` needs them.
     """
     batch, n_query, _ = query.shape
-    n_keys = keys.shape[1]
-    out = query.new_empty(batch, n_query, 6)  # row max, total, a, b, mean logit, reverse
+    n_keys, n_values = keys.shape[1], values.shape[-1]
+    out = query.new_empty(batch, n_query, n_values + 4)  # max, total, values, mean, reverse
     rows = min(ATTENTION_ROWS, n_query)
     logits_buf = query.new_empty(rows * n_keys)
     exp_buf = query.new_empty(rows * n_keys)
     for b in range(batch):
         keys_t = keys[min(b, len(keys) - 1)].T.contiguous()  # (D, N)
         ab_one = torch.cat([values[min(b, len(values) - 1)], torch.ones_like(
-            values[0, :, :1]), col_max[b].T], 1)  # (N, 4): a, b, 1, column max
+            values[0, :, :1]), col_max[b].T], 1)  # (N, V + 2): values, 1, column max
         for start in range(0, n_query, rows):
             q = query[b, start : start + rows]
             logits = logits_buf[: len(q) * n_keys].view(len(q), n_keys)
@@ -558,15 +579,17 @@ def _attend_chunks(
             torch.mm(q, keys_t, out=logits)
             row_max = logits.amax(1, keepdim=True)
             torch.sub(logits, row_max, out=exp).exp_()
-            sums = exp @ ab_one  # (rows, 4)
+            sums = exp @ ab_one  # (rows, V + 2)
             logits.mul_(exp)
-            total = sums[:, 2:3]
+            total = sums[:, n_values : n_values + 1]
             mean_logit = logits.sum(1, keepdim=True) / total
             chunk = out[b, start : start + rows]
-            chunk[:, :1], chunk[:, 1:2], chunk[:, 2:4] = row_max, total, sums[:, :2] / total
-            chunk[:, 4:5] = mean_logit
-            chunk[:, 5:6] = mean_logit - sums[:, 3:4] / total
-    return out[..., :1], out[..., 1:2], out[..., 2:4], out[..., 4:5], out[..., 5:6]
+            chunk[:, :1], chunk[:, 1:2] = row_max, total
+            chunk[:, 2 : 2 + n_values] = sums[:, :n_values] / total
+            chunk[:, -2:-1] = mean_logit
+            chunk[:, -1:] = mean_logit - sums[:, -1:] / total
+    return (out[..., :1], out[..., 1:2], out[..., 2 : 2 + n_values], out[..., -2:-1],
+            out[..., -1:])
 
 
 def _palette(values: torch.Tensor, bins: int) -> torch.Tensor:
@@ -618,9 +641,10 @@ class _Decoder(nn.Module):
         nn.init.zeros_(self.out.weight)  # starts as the warped ab exactly
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, features, luma_grid, target_luma, warped, confidence, palette):
-        """Args: (B, F, h, w), (B, 1, h, w), (B, 1, 4h, 4w), (B, 2, h, w) ab / AB_SCALE,
-        (B, 3, h, w), (B, P). Returns predicted and warped ab / AB_SCALE, (B, 2, 2h, 2w)."""
+    def forward(self, features, luma_grid, target_luma, warped, warped2, confidence, palette):
+        """Args: (B, F, h, w), (B, 1, h, w), (B, 1, 4h, 4w), (B, 2, h, w) ab / AB_SCALE and
+        the same at (2h, 2w), (B, 3, h, w), (B, P). Returns predicted ab / AB_SCALE,
+        (B, 2, 2h, 2w)."""
         x4 = self.enter(torch.cat([features, warped, confidence, luma_grid], 1))
         x8 = self.down(F.avg_pool2d(x4, 2))  # (B, wide, h/2, w/2)
         # Whether the reference fits this image at all is a global question: the mean and
@@ -630,9 +654,8 @@ class _Decoder(nn.Module):
         up = F.interpolate(x8, size=x4.shape[-2:], mode="bilinear", align_corners=False)
         x4 = self.up(torch.cat([up, x4], 1))
         size = (2 * x4.shape[-2], 2 * x4.shape[-1])
-        warped2 = F.interpolate(warped, size=size, mode="bilinear", align_corners=False)
         luma2 = F.adaptive_avg_pool2d(target_luma, size)
         x2 = F.interpolate(x4, size=size, mode="bilinear", align_corners=False)
         x2 = self.fine(torch.cat([x2, luma2, warped2], 1))
         gain, residual = self.out(x2).split([1, 2], 1)
-        return warped2 * (1.0 + gain) + residual, warped2
+        return warped2 * (1.0 + gain) + residual
