@@ -444,6 +444,8 @@ def cmd_videos(args: argparse.Namespace) -> int:
     strengths = sorted({0.0, default, *args.strengths})
     model = load_model(args.method, device=args.device)
     opts = ColorizeOptions(method=model.config.kind)
+    if args.side:
+        opts = dataclasses.replace(opts, work_side_px=args.side)
     print(f"{len(clips)} clips from {args.dir}, λ in {strengths} (default {default}), {opts}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     print(VIDEO_HEADER, flush=True)
@@ -474,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     images = sub.add_parser("images", help="self-augmentation PSNR/SSIM on a folder of photos")
     images.add_argument("dir", type=Path, help="folder of colour photos")
     images.add_argument("--limit", type=int, default=0, help="first N photos (sorted); 0 = all")
-    images.add_argument("--method", default="match", help=METHOD_HELP)
+    images.add_argument("--method", default=ColorizeOptions.method, help=METHOD_HELP)
     images.add_argument("--side", type=int, default=0, help="work_side_px; 0 = default")
     images.add_argument("--stride", type=int, default=0, help="feature_stride_px; 0 = default")
     images.add_argument("--seed", type=int, default=0, help="seed of the reference distortions")
@@ -493,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(0 and the default are always run)")
     videos.add_argument("--end-to-end", action="store_true",
                         help="also run colorize_video (default settings, λ 0 and default)")
-    videos.add_argument("--method", default="match", help=METHOD_HELP)
+    videos.add_argument("--method", default=ColorizeOptions.method, help=METHOD_HELP)
+    videos.add_argument("--side", type=int, default=0, help="work_side_px; 0 = default")
     videos.add_argument("--device", default=None, help="cpu, cuda; default: auto")
     videos.add_argument("--verbose", "-v", action="store_true", help="per-clip rows at every λ")
     videos.set_defaults(func=cmd_videos)

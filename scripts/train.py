@@ -104,7 +104,8 @@ def build_cache(net: ColorNet, paths: list[Path], cache: Path, seed: int,
     if strength != 1.0:
         meta["strength"] = strength
     meta = json.loads(json.dumps(meta))  # tuples -> lists, as read back from the file
-    if meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
+    if meta_path.is_file() and cache_identity(json.loads(meta_path.read_text())) == \
+            cache_identity(meta):
         logger.info("using the cache in %s", cache)
         net.feature_proj.copy_(torch.from_numpy(np.load(cache / "feature_proj.npy")))
         return {k: np.load(cache / f"{k}.npy", mmap_mode="r") for k in CACHE_SHAPES}
@@ -144,6 +145,14 @@ def build_cache(net: ColorNet, paths: list[Path], cache: Path, seed: int,
     return {k: np.load(cache / f"{k}.npy", mmap_mode="r") for k in CACHE_SHAPES}
 
 
+def cache_identity(meta: dict) -> dict:
+    """What of a cache's meta must match to reuse it: all but the config fields that only the
+    learned layers use (a new decoder option must not rebuild 9 GB of backbone features)."""
+    config = {k: v for k, v in meta["config"].items() if k in CACHE_CONFIG_FIELDS}
+    return {**meta, "config": config}
+
+
+CACHE_CONFIG_FIELDS = ("feature_blocks", "grid_stride_px", "feature_dims")  # what the cache holds
 CACHE_SHAPES = {  # name -> (config, grid, half) -> per-pair shape
     "feat_t": lambda c, g, h: (c.feature_dims, g, g),
     "feat_r": lambda c, g, h: (c.feature_dims, g, g),

@@ -42,9 +42,9 @@ EXIT_TERMINATED = 143
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".m4v")  # a default output keeps these containers
 REEL_FIELD = "{reel}"  # in a `queue add` by-product path: replaced by each reel's name
 
-PRESET_HELP = ("Speed against quality: fast (1.5-1.7x faster than balanced: 192-px instead of 256-px working "
+PRESET_HELP = ("Speed against quality: fast (1.4-2.0x faster than balanced: 192-px instead of 256-px working "
                "size and x264 veryfast; colour edges slightly blurrier, files bigger), balanced (the default), "
-               "best (320-px working size, finer temporal grid, x264 slow; 1.5-1.9x slower, finer colour "
+               "best (320-px working size, finer temporal grid, x264 slow; 1.6-1.8x slower, finer colour "
                "detail). Flags given explicitly (e.g. --encoder-preset) override the preset. "
                "Measured trade: BENCHMARKS.md.")
 

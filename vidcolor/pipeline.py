@@ -91,10 +91,10 @@ def preset_options(preset: str = "balanced", method: str = ColorizeOptions.metho
 
     "fast" colourises at a 192-px working size instead of 256 (1.8x fewer matching positions)
     and encodes with x264 "veryfast" (bigger files at the same CRF), keeping the default
-    temporal stage: 1.5-1.7x faster end to end (BENCHMARKS.md), colour edges slightly blurrier.
+    temporal stage: 1.4-2.0x faster end to end (BENCHMARKS.md), colour edges slightly blurrier.
     "balanced" (the default) is the Options defaults. "best" colourises at a 320-px working
     size, runs the temporal stage on a 480-px grid with 6 iterations and encodes with x264
-    "slow" (smaller files): 1.5-1.9x slower, for finer colour detail.
+    "slow" (smaller files): 1.6-1.8x slower, for finer colour detail.
 
     Args:
         preset: one of PRESETS.
