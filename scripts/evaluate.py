@@ -82,6 +82,7 @@ import numpy as np
 import video_metrics
 from PIL import Image, ImageOps
 from skimage.metrics import structural_similarity
+from torch import nn
 
 from vidcolor import frames
 from vidcolor.colorize import ColorizeOptions, Colorizer
@@ -191,6 +192,18 @@ def ssim(output: np.ndarray, truth: np.ndarray) -> float:
     )
 
 
+def load_colouriser(args: argparse.Namespace) -> tuple[nn.Module, ColorizeOptions]:
+    """The model and the ColorizeOptions that --method, --device, --side (and images'
+    --stride) ask for; the options take the model's own method (a checkpoint path's kind)."""
+    model = load_model(args.method, device=args.device)
+    opts = ColorizeOptions(method=model.config.kind)
+    if args.side:
+        opts = dataclasses.replace(opts, work_side_px=args.side)
+    if getattr(args, "stride", 0):
+        opts = dataclasses.replace(opts, feature_stride_px=args.stride)
+    return model, opts
+
+
 def cmd_images(args: argparse.Namespace) -> int:
     """`images DIR`: self-augmentation PSNR/SSIM table of grey, Reinhard and vidcolor."""
     if not args.dir.is_dir():
@@ -201,12 +214,7 @@ def cmd_images(args: argparse.Namespace) -> int:
     if not paths:
         print(f"evaluate.py images: no .jpg/.jpeg/.png photos in '{args.dir}'", file=sys.stderr)
         return 1
-    model = load_model(args.method, device=args.device)
-    opts = ColorizeOptions(method=model.config.kind)
-    if args.side:
-        opts = dataclasses.replace(opts, work_side_px=args.side)
-    if args.stride:
-        opts = dataclasses.replace(opts, feature_stride_px=args.stride)
+    model, opts = load_colouriser(args)
     scores: dict[str, list[tuple[float, float]]] = {"grey": [], "reinhard": [], "vidcolor": []}
     skipped = 0
     started = time.perf_counter()
@@ -442,10 +450,7 @@ def cmd_videos(args: argparse.Namespace) -> int:
         return 1
     default = TemporalOptions().strength
     strengths = sorted({0.0, default, *args.strengths})
-    model = load_model(args.method, device=args.device)
-    opts = ColorizeOptions(method=model.config.kind)
-    if args.side:
-        opts = dataclasses.replace(opts, work_side_px=args.side)
+    model, opts = load_colouriser(args)
     print(f"{len(clips)} clips from {args.dir}, λ in {strengths} (default {default}), {opts}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     print(VIDEO_HEADER, flush=True)
@@ -473,31 +478,31 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the subcommand and run it; returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    images = sub.add_parser("images", help="self-augmentation PSNR/SSIM on a folder of photos")
+    colouriser = argparse.ArgumentParser(add_help=False)  # what both subcommands colourise with
+    colouriser.add_argument("--method", default=ColorizeOptions.method, help=METHOD_HELP)
+    colouriser.add_argument("--side", type=int, default=0, help="work_side_px; 0 = default")
+    colouriser.add_argument("--device", default=None, help="cpu, cuda; default: auto")
+    images = sub.add_parser("images", parents=[colouriser],
+                            help="self-augmentation PSNR/SSIM on a folder of photos")
     images.add_argument("dir", type=Path, help="folder of colour photos")
     images.add_argument("--limit", type=int, default=0, help="first N photos (sorted); 0 = all")
-    images.add_argument("--method", default=ColorizeOptions.method, help=METHOD_HELP)
-    images.add_argument("--side", type=int, default=0, help="work_side_px; 0 = default")
     images.add_argument("--stride", type=int, default=0, help="feature_stride_px; 0 = default")
     images.add_argument("--seed", type=int, default=0, help="seed of the reference distortions")
     images.add_argument("--strength", type=float, default=1.0, help="scale of the distortions "
                         "(TPS shift, rotation, cropped share); the protocol is 1")
-    images.add_argument("--device", default=None, help="cpu, cuda; default: auto")
     images.add_argument("--unrelated", action="store_true",
                         help="reference = the next photo in sorted order (wrapping), not a "
                              "distorted copy: checks that wrong colours do not beat grey")
     images.add_argument("--verbose", "-v", action="store_true", help="one line per photo")
     images.set_defaults(func=cmd_images)
-    videos = sub.add_parser("videos", help="temporal consistency on a folder of colour clips")
+    videos = sub.add_parser("videos", parents=[colouriser],
+                            help="temporal consistency on a folder of colour clips")
     videos.add_argument("dir", type=Path, help="folder of CLIP.mp4, each with CLIP_frame0.png")
     videos.add_argument("--strengths", type=parse_strengths, default=[],
                         help="λ values for the trade-off curve, e.g. 0,0.3,0.6,0.8,1.0 "
                              "(0 and the default are always run)")
     videos.add_argument("--end-to-end", action="store_true",
                         help="also run colorize_video (default settings, λ 0 and default)")
-    videos.add_argument("--method", default=ColorizeOptions.method, help=METHOD_HELP)
-    videos.add_argument("--side", type=int, default=0, help="work_side_px; 0 = default")
-    videos.add_argument("--device", default=None, help="cpu, cuda; default: auto")
     videos.add_argument("--verbose", "-v", action="store_true", help="per-clip rows at every λ")
     videos.set_defaults(func=cmd_videos)
     args = parser.parse_args(argv)

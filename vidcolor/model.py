@@ -431,7 +431,7 @@ class ColorNet(nn.Module):
         luma_n = _positions(luma)  # (B, N, 1)
         keys = [self.key(_positions(features)), (2.0 * weight).sqrt() * luma_n,
                 -weight * luma_n * luma_n, torch.ones_like(luma_n)]
-        values = _positions(ab)  # (B, N, 2)
+        values = _positions(ab)  # (B, N, 2 + k)
         palette = _palette(values[..., :2], self.config.palette_bins)
         return NetReference(torch.cat(keys, -1), values, palette, stride)
 
