@@ -200,12 +200,28 @@ def test_a_carried_slope_gives_the_target_the_references_colour_edge():
     def filtered(coef: np.ndarray) -> np.ndarray:
         return coef[..., :2] * guide[..., None] + coef[..., 2:]
 
+    window_luma = cv2.blur(guide, (5, 5), borderType=cv2.BORDER_REFLECT)[..., None]
     plain = filtered(_guided_coefficients(guide, flat, 2, 1e-3))
-    carried = filtered(_guided_coefficients(guide, flat, 2, 1e-3, slope))
+    carried = filtered(_guided_coefficients(
+        guide, flat, 2, 1e-3, np.concatenate([slope, window_luma], -1)))
     assert abs(plain[16, 16, 0] - plain[16, 15, 0]) < 1e-3  # no edge to follow
     assert carried[16, 16, 0] - carried[16, 15, 0] > 15.0  # the reference's colour edge
     np.testing.assert_allclose(carried[:, [0, 31]], 10.0, atol=1e-3)  # away from it: its own
     np.testing.assert_allclose(carried[..., 1], 10.0, atol=1e-3)  # b had no slope
+
+
+def test_carried_reference_lightness_moves_colour_along_the_references_slope():
+    """A target patch brighter than the reference window it matched takes the reference's
+    colour at that brightness: src + slope x (L - L_ref), not the matched colour unchanged."""
+    guide = np.full((32, 32), 0.75, np.float32)  # the target is brighter ...
+    flat = np.full((32, 32, 2), 10.0, np.float32)
+    carried = np.zeros((32, 32, 3), np.float32)
+    carried[..., 0] = 40.0  # ... where a rises with lightness by 40 per unit
+    carried[..., 2] = 0.5  # than the reference window it matched
+    coef = _guided_coefficients(guide, flat, 2, 1e-3, carried)
+    ab = coef[..., :2] * guide[..., None] + coef[..., 2:]
+    np.testing.assert_allclose(ab[..., 0], 10.0 + 40.0 * 0.25, atol=1e-3)
+    np.testing.assert_allclose(ab[..., 1], 10.0, atol=1e-3)
 
 
 def test_max_chroma_table_is_the_gamut_boundary():

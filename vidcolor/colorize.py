@@ -202,10 +202,15 @@ class Colorizer:
             reference_rgb.shape[1], reference_rgb.shape[0], width, height, self.device,
         )
         carry = None
-        if self.opts.guide_radius_px > 0:  # how ab follows L locally, for the guided upsampling
-            slope = _local_slope(lab_work[..., 0] / 100.0, lab_work[..., 1:],
-                                 self.opts.guide_radius_px, self.opts.guide_eps)
-            carry = torch.from_numpy(slope).permute(2, 0, 1).unsqueeze(0).to(self.device)
+        if self.opts.guide_radius_px > 0:  # the reference's local ab = A * L + B, carried to
+            # the target for the guided upsampling: slope A, the window's mean lightness, and
+            # the plain ab (to see how much of it the network kept)
+            luma_work = lab_work[..., 0] / 100.0
+            slope = _local_slope(luma_work, lab_work[..., 1:], self.opts.guide_radius_px,
+                                 self.opts.guide_eps)
+            window_luma = _box_filter(self.opts.guide_radius_px)(luma_work)
+            carried = np.concatenate([slope, window_luma, lab_work[..., 1:]], -1)  # (h, w, 5)
+            carry = torch.from_numpy(carried).permute(2, 0, 1).unsqueeze(0).to(self.device)
         return self.model.encode_reference(
             lab_t[:, :1] / 100.0, lab_t[:, 1:], self.opts.feature_stride_px, carry
         )
@@ -226,14 +231,16 @@ class Colorizer:
         work = np.stack(
             [cv2.resize(luma, shape[::-1], interpolation=cv2.INTER_AREA) for luma in lumas]
         )  # (B, h, w) float32 luminance
-        values = self._network_ab(work)  # (B, h/s, w/s, 2 or 4): ab, then the carried slope
+        values = self._network_ab(work)  # (B, h/s, w/s, 2 or 7): ab, then what was carried
         outputs = []
         for luma, luma_work, grid_values in zip(lumas, work, values, strict=True):
             grid_values = cv2.resize(grid_values, shape[::-1], interpolation=cv2.INTER_LINEAR)
-            ab_work, slope = grid_values[..., :2], grid_values[..., 2:]
+            ab_work, carried = grid_values[..., :2], None
+            if grid_values.shape[-1] == 7:  # slope, lightness and ab of the matched reference
+                carried = grid_values[..., 2:5]
+                carried[..., :2] *= _kept_chroma(ab_work, grid_values[..., 5:7])
             coef = _guided_coefficients(
-                luma_work, ab_work, self.opts.guide_radius_px, self.opts.guide_eps,
-                slope if slope.shape[-1] == 2 else None,
+                luma_work, ab_work, self.opts.guide_radius_px, self.opts.guide_eps, carried
             )
             outputs.append(self._compose(luma, coef))
         return outputs
@@ -367,9 +374,18 @@ def _local_slope(guide: np.ndarray, src: np.ndarray, radius_px: int, eps: float)
     return (cov_ip / (var_i + eps)).astype(np.float32)
 
 
+def _kept_chroma(ab: np.ndarray, matched_ab: np.ndarray) -> np.ndarray:
+    """(h, w, 1) share in [0, 1] of the matched reference colour's chroma that the network
+    kept in `ab` ((h, w, 2) each): a colour faded for want of a trustworthy match (an
+    unrelated reference) must fade its carried colour edges with it."""
+    kept = cv2.magnitude(ab[..., 0], ab[..., 1])
+    matched = cv2.magnitude(matched_ab[..., 0], matched_ab[..., 1])
+    return np.clip(kept / np.maximum(matched, 1.0), 0.0, 1.0)[..., None]
+
+
 def _guided_coefficients(
     guide: np.ndarray, src: np.ndarray, radius_px: int, eps: float,
-    slope: np.ndarray | None = None,
+    carried: np.ndarray | None = None,
 ) -> np.ndarray:
     """Mean linear coefficients of a guided filter (He et al.), to be upsampled afterwards.
 
@@ -378,8 +394,12 @@ def _guided_coefficients(
         src: (h, w, 2) float32 signal to filter (Lab ab).
         radius_px: box window radius (0 = no filtering: A = 0, B = src).
         eps: regulariser in squared guide units.
-        slope: (h, w, 2) float32 A to use instead of the one fitted to `src` (which is too
-            smooth to have colour edges): the reference's, carried by the attention.
+        carried: (h, w, 3) float32, the reference's local linear model carried by the
+            attention: slope A (ab per guide unit; `src` is too smooth to have colour edges)
+            and the mean lightness L_ref of the reference window `src` came from. Then
+            ab = src + A * (L - L_ref): the reference's colour at the target's own lightness
+            (a brighter patch of the same sky is the reference's brighter blue). None fits A
+            to `src` in the target's windows, as the plain guided filter does.
 
     Returns:
         (h, w, 4) float32: box-averaged A_a, A_b (ab per guide unit) then B_a, B_b (ab), so
@@ -388,8 +408,12 @@ def _guided_coefficients(
     if radius_px == 0:
         return np.concatenate([np.zeros_like(src), src], axis=-1)
     box = _box_filter(radius_px)
-    a = _local_slope(guide, src, radius_px, eps) if slope is None else slope
-    b = box(src) - a * box(guide)
+    if carried is None:
+        a = _local_slope(guide, src, radius_px, eps)
+        b = box(src) - a * box(guide)
+    else:
+        a = carried[..., :2]
+        b = src - a * carried[..., 2:3]
     return np.concatenate([box(a), box(b)], axis=-1)
 
 
