@@ -44,7 +44,7 @@ REEL_FIELD = "{reel}"  # in a `queue add` by-product path: replaced by each reel
 
 PRESET_HELP = ("Speed against quality: fast (1.4-2.0x faster than balanced: 192-px instead of 256-px working "
                "size and x264 veryfast; colour edges slightly blurrier, files bigger), balanced (the default), "
-               "best (320-px working size, finer temporal grid, x264 slow; 1.6-1.8x slower, finer colour "
+               "best (320-px working size, finer temporal grid, x264 slow; 1.5-1.8x slower, finer colour "
                "detail). Flags given explicitly (e.g. --encoder-preset) override the preset. "
                "Measured trade: BENCHMARKS.md.")
 

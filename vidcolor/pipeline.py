@@ -94,7 +94,7 @@ def preset_options(preset: str = "balanced", method: str = ColorizeOptions.metho
     temporal stage: 1.4-2.0x faster end to end (BENCHMARKS.md), colour edges slightly blurrier.
     "balanced" (the default) is the Options defaults. "best" colourises at a 320-px working
     size, runs the temporal stage on a 480-px grid with 6 iterations and encodes with x264
-    "slow" (smaller files): 1.6-1.8x slower, for finer colour detail.
+    "slow" (smaller files): 1.5-1.8x slower, for finer colour detail.
 
     Args:
         preset: one of PRESETS.
