@@ -11,10 +11,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vidcolor"
 
 LAYER = {
     "errors": 0, "frames": 0, "runtime": 0, "threads": 0,
-    "io": 1, "mux": 1, "temporal": 1, "model": 1, "provenance": 1, "preview": 1,
+    "io": 1, "mux": 1, "temporal": 1, "backbone": 1, "provenance": 1, "preview": 1,
     "report": 1, "gallery": 1,
-    "encode": 2, "weights": 2, "colorize": 2, "references": 2,
-    "byproducts": 3,
+    "encode": 2, "model": 2, "references": 2,
+    "weights": 3, "colorize": 3, "byproducts": 3,
     "pipeline": 4, "jobs": 4,
     "segments": 5, "jobfiles": 5,
     "steps": 6,

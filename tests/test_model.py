@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from vidcolor import model as model_module
+from vidcolor.backbone import Backbone, _same_pad
 from vidcolor.errors import OptionsError
-from vidcolor.model import Backbone, ColorNet, MatchNet, NetConfig, _attend, _palette, _same_pad
+from vidcolor.model import ColorNet, MatchNet, NetConfig, _attend, _palette
 from vidcolor.weights import load_model
 
 HYPERCOLUMN_CHANNELS = 24 + 40 + 112 + 192  # outputs of blocks 2, 4, 10, 14

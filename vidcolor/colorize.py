@@ -21,9 +21,10 @@ import torch
 from torch import nn
 
 from . import frames
+from .backbone import check_grid_stride
 from .errors import OptionsError, ReferenceImageError
 from .frames import Frame
-from .model import MODEL_KINDS, MatchReference, NetReference, check_grid_stride
+from .model import MODEL_KINDS, MatchReference, NetReference
 
 logger = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from . import frames, io
+from .backbone import hypercolumn_channels
 from .errors import OptionsError, ReferenceImageError
 from .frames import Frame, VideoInfo
-from .model import hypercolumn_channels
 from .temporal import ResetTest, TemporalOptions
 
 logger = logging.getLogger(__name__)
