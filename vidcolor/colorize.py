@@ -33,6 +33,9 @@ MIN_REFERENCE_CHROMA = 1.0  # mean Lab chroma sqrt(a^2 + b^2) below which a refe
 WORK_MULTIPLE_PX = 16  # working sizes are rounded to this, the deepest default tap's stride
 GAMUT_MARGIN = 1e-6  # RGB this close to 0 or 1 counts as clipped by the Lab -> RGB conversion
 MAX_BATCH_SIZE = 256  # frames per network call; a sanity bound, not a tuning value
+# What the attention carries per reference pixel besides its ab, for the guided upsampling:
+# slope (a, b per unit of lightness), window mean lightness, then a and b again (to compare).
+CARRIED_CHANNELS = 5
 
 
 @dataclass(frozen=True)
@@ -206,11 +209,12 @@ class Colorizer:
         if self.opts.guide_radius_px > 0:  # the reference's local ab = A * L + B, carried to
             # the target for the guided upsampling: slope A, the window's mean lightness, and
             # the plain ab (to see how much of it the network kept)
-            luma_work = lab_work[..., 0] / 100.0
-            slope = _local_slope(luma_work, lab_work[..., 1:], self.opts.guide_radius_px,
-                                 self.opts.guide_eps)
-            window_luma = _box_filter(self.opts.guide_radius_px)(luma_work)
-            carried = np.concatenate([slope, window_luma, lab_work[..., 1:]], -1)  # (h, w, 5)
+            slope, window_luma, _ = _local_linear_fit(
+                lab_work[..., 0] / 100.0, lab_work[..., 1:], self.opts.guide_radius_px,
+                self.opts.guide_eps,
+            )
+            # (h, w, CARRIED_CHANNELS), in the order _colorize_batch reads them back
+            carried = np.concatenate([slope, window_luma, lab_work[..., 1:]], -1)
             carry = torch.from_numpy(carried).permute(2, 0, 1).unsqueeze(0).to(self.device)
         return self.model.encode_reference(
             lab_t[:, :1] / 100.0, lab_t[:, 1:], self.opts.feature_stride_px, carry
@@ -237,8 +241,8 @@ class Colorizer:
         for luma, luma_work, grid_values in zip(lumas, work, values, strict=True):
             grid_values = cv2.resize(grid_values, shape[::-1], interpolation=cv2.INTER_LINEAR)
             ab_work, carried = grid_values[..., :2], None
-            if grid_values.shape[-1] == 7:  # slope, lightness and ab of the matched reference
-                carried = grid_values[..., 2:5]
+            if grid_values.shape[-1] == 2 + CARRIED_CHANNELS:  # the matched reference's
+                carried = grid_values[..., 2:5]  # slope and window lightness, then its ab
                 carried[..., :2] *= _kept_chroma(ab_work, grid_values[..., 5:7])
             coef = _guided_coefficients(
                 luma_work, ab_work, self.opts.guide_radius_px, self.opts.guide_eps, carried
@@ -361,18 +365,24 @@ def _box_filter(radius_px: int) -> Callable[[np.ndarray], np.ndarray]:
     return box
 
 
-def _local_slope(guide: np.ndarray, src: np.ndarray, radius_px: int, eps: float) -> np.ndarray:
-    """Per window, the regularised least-squares slope of `src` against `guide`: the A of a
-    guided filter (He et al.). (h, w) guide, (h, w, 2) src -> (h, w, 2) float32.
+def _local_linear_fit(
+    guide: np.ndarray, src: np.ndarray, radius_px: int, eps: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per window, the regularised least-squares fit src ~ A * guide + B of a guided filter
+    (He et al.), as A and the two window means it rests on (B = mean src - A * mean guide).
 
-    On the reference it says how its colours change with lightness across an edge; carried to
-    the target by the attention, it gives the target's own edges the reference's colour edges.
+    On the reference, A says how its colours change with lightness across an edge; carried to
+    the target by the attention with the window's mean lightness, it gives the target's own
+    edges the reference's colour edges, and its own lightness the reference's colour there.
+
+    Args: (h, w) guide, (h, w, 2) src. Returns (h, w, 2) float32 A, (h, w, 1) mean guide and
+    (h, w, 2) mean src.
     """
     box = _box_filter(radius_px)
     mean_i, mean_p = box(guide), box(src)
     cov_ip = box(guide[..., None] * src) - mean_i * mean_p
     var_i = box(guide * guide) - mean_i * mean_i
-    return (cov_ip / (var_i + eps)).astype(np.float32)
+    return (cov_ip / (var_i + eps)).astype(np.float32), mean_i, mean_p
 
 
 def _kept_chroma(ab: np.ndarray, matched_ab: np.ndarray) -> np.ndarray:
@@ -410,8 +420,8 @@ def _guided_coefficients(
         return np.concatenate([np.zeros_like(src), src], axis=-1)
     box = _box_filter(radius_px)
     if carried is None:
-        a = _local_slope(guide, src, radius_px, eps)
-        b = box(src) - a * box(guide)
+        a, mean_guide, mean_src = _local_linear_fit(guide, src, radius_px, eps)
+        b = mean_src - a * mean_guide
     else:
         a = carried[..., :2]
         b = src - a * carried[..., 2:3]
