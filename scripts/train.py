@@ -47,6 +47,9 @@ PCA_PHOTOS = 200  # photos whose hypercolumns give the fixed PCA basis
 ENCODE_BATCH = 16  # photos per backbone call while caching
 SMOOTH_L1_BETA = 0.1  # in ab / 100 units: quadratic below 10 ab units
 CACHE_VERSION = 1
+# The shipped net's backbone taps. Adding block 8 (as the matcher does) was tried: it gave the
+# trained net nothing (MODEL_CARD.md), so the caches and the recipe keep these.
+NET_FEATURE_BLOCKS = (2, 4, 10, 14)
 
 logger = logging.getLogger("train")
 
@@ -266,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     logger.info("train.py %s", " ".join(sys.argv[1:] if argv is None else argv))
 
-    net = ColorNet(NetConfig(kind="net"))
+    net = ColorNet(NetConfig(kind="net", feature_blocks=NET_FEATURE_BLOCKS))
     net.backbone.load_state_dict(load_model("match", device="cpu").backbone.state_dict())
     paths = sorted(p for p in args.data.iterdir() if p.suffix.lower() in (".jpg", ".png"))
     pair_sets = [build_cache(net, paths, args.run / "cache", args.seed)]

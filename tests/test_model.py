@@ -15,7 +15,7 @@ from vidcolor.errors import OptionsError
 from vidcolor.model import ColorNet, MatchNet, NetConfig, _attend, _palette
 from vidcolor.weights import load_model
 
-HYPERCOLUMN_CHANNELS = 24 + 40 + 112 + 192  # outputs of blocks 2, 4, 10, 14
+HYPERCOLUMN_CHANNELS = 24 + 40 + 112 + 112 + 192  # outputs of blocks 2, 4, 8, 10, 14
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +76,9 @@ def test_backbone_hypercolumns_are_normalised_levels_on_the_grid(net):
         features = net.backbone(smooth_luma(96, 128).expand(2, -1, -1, -1), 4)
     assert features.shape == (2, HYPERCOLUMN_CHANNELS, 24, 32)
     assert features.dtype == torch.float32
-    # The stride-4 level is on the grid as is: a unit vector / sqrt(4 levels) at every position.
+    # The stride-4 level is on the grid as is: a unit vector / sqrt(5 levels) at every position.
     stride4 = features[:, :24].norm(dim=1)
-    torch.testing.assert_close(stride4, torch.full((2, 24, 32), 0.5), atol=1e-4, rtol=0)
+    torch.testing.assert_close(stride4, torch.full((2, 24, 32), 5**-0.5), atol=1e-4, rtol=0)
     # Resampled coarser levels can only be shorter: the total norm is at most 1.
     assert features.norm(dim=1).max().item() <= 1.0 + 1e-4
     assert features.norm(dim=1).mean().item() > 0.8

@@ -36,9 +36,11 @@ def gallery_stills() -> list[Path]:
 
 
 def backbone_fingerprint(describer) -> float:
-    """A number that changes when the describing backbone's weights or settings change."""
+    """A number that changes when the describing backbone's weights or the levels it describes
+    change (not with other tapped levels: the matcher and the net describe alike)."""
     total = sum(float(p.double().abs().sum()) for p in describer.backbone.parameters())
-    return round(total + describer.semantic_from + 1e3 * describer.deepest_from, 3)
+    *others, deepest = describer.semantic_blocks
+    return round(total + sum(others) + 1e3 * deepest, 3)
 
 
 def stored_overall(stills: list[Path], describer) -> np.ndarray | None:

@@ -92,6 +92,7 @@ class Describer:
     def __init__(self, model: torch.nn.Module) -> None:
         self.backbone = model.backbone
         blocks = self.backbone.feature_blocks
+        self.semantic_blocks = blocks[-SEMANTIC_LEVELS:]  # the levels described, the last deepest
         self.semantic_from = hypercolumn_channels(blocks[:-SEMANTIC_LEVELS])
         self.deepest_from = hypercolumn_channels(blocks[:-1])
         self.level_scale = len(blocks) ** 0.5  # the backbone divides by sqrt(levels)
