@@ -84,6 +84,9 @@ class Colorizer:
         reference_rgb: (H, W, 3) uint8 RGB colour still, shorter side >= MIN_REFERENCE_SIDE_PX,
             or a list of such stills (the first is in force at the start).
         opts: run options; defaults to ColorizeOptions() for the model's own method.
+        upright_turns: quarter turns counter-clockwise that show the images upright (a film's
+            `VideoInfo.upright_turns`). The network then sees them upright, as it sees the
+            reference and as it was trained; outputs come back in the images' own orientation.
 
     Raises:
         ReferenceImageError: the reference is not an (H, W, 3) uint8 image, is too small, or is
@@ -93,7 +96,7 @@ class Colorizer:
 
     def __init__(
         self, model: nn.Module, reference_rgb: np.ndarray | list[np.ndarray],
-        opts: ColorizeOptions | None = None,
+        opts: ColorizeOptions | None = None, upright_turns: int = 0,
     ) -> None:
         kind = model.config.kind
         self.opts = opts or ColorizeOptions(method=kind)  # no options: the model's own method
@@ -103,6 +106,7 @@ class Colorizer:
                 f"load the model with load_model({self.opts.method!r})"
             )
         self.model = model
+        self.upright_turns = upright_turns % 4
         self.device = next(model.parameters()).device
         self._luma_lut = _make_luma_lut()
         self._max_chroma = _max_chroma_table()
@@ -147,7 +151,9 @@ class Colorizer:
         """
         for image in images:
             _check_rgb(image, "image")
-        lumas = [self._luma(image) for image in images]
+        turns = self.upright_turns
+        lumas = [self._luma(np.ascontiguousarray(np.rot90(image, turns)) if turns else image)
+                 for image in images]
         outputs: list[np.ndarray] = []
         start = 0
         while start < len(lumas):
@@ -162,6 +168,8 @@ class Colorizer:
                 stop += 1
             outputs.extend(self._colorize_batch(lumas[start:stop], shape))
             start = stop
+        if turns:
+            return [np.ascontiguousarray(np.rot90(output, -turns)) for output in outputs]
         return outputs
 
     def step(self, frame: Frame) -> Frame:

@@ -89,6 +89,11 @@ class VideoInfo:
     interlaced: bool = False
     top_field_first: bool = True
 
+    @property
+    def upright_turns(self) -> int:
+        """Quarter turns counter-clockwise (np.rot90's k) that show a coded picture upright."""
+        return round(self.rotation_deg / 90) % 4
+
 
 def srgb_to_linear(rgb: np.ndarray) -> np.ndarray:
     """Undo the sRGB transfer curve. rgb: float32 in [0, 1]; returns float32 linear light."""

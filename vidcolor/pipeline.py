@@ -183,7 +183,8 @@ def colorize_video(src: Path, ref: Path | str | Sequence[Path | str], out: Path,
         extras.open_compare(stack)  # entered first, so the output is finished before it
         writer = stack.enter_context(VideoWriter(out, info, audio_from=src, opts=opts.encode,
                                                  metadata=extras.tag))
-        colorizer = Colorizer(model or load_model_for(opts), references_rgb, opts.colorize)
+        colorizer = Colorizer(model or load_model_for(opts), references_rgb, opts.colorize,
+                              info.upright_turns)
         decoded = _note_colour_input(io.read_frames(src), src)
         frames = stack.enter_context(contextlib.closing(run_stages(decoded, colorizer, opts,
                                                                 reference_of)))

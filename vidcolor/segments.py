@@ -185,7 +185,8 @@ def colorize_segment(src: Path, ref: Path | ReferencePlan, seg_out: Path, start_
     with ExitStack() as stack:
         writer = stack.enter_context(VideoWriter(seg_out, info, audio_from=None,
                                                  opts=opts.encode))
-        colorizer = Colorizer(model or load_model_for(opts), references_rgb, opts.colorize)
+        colorizer = Colorizer(model or load_model_for(opts), references_rgb, opts.colorize,
+                              info.upright_turns)
         decoded = stack.enter_context(contextlib.closing(io.read_frames(src)))
         wanted = itertools.islice(decoded, start_index, stop_index)
         frames = stack.enter_context(contextlib.closing(run_stages(wanted, colorizer, opts,
