@@ -157,7 +157,8 @@ class RunExtras:
         self.monitor = None if request.report is None else QualityMonitor(
             lambda frame: cuts.starts_shot(frame.source), info.time_base, info.fps,
             reference=lambda index: self.plan.references[self.plan.reference_at(index)].name,
-            match_confidence=None if model is None else MatchConfidence(model, self.plan))
+            match_confidence=None if model is None else MatchConfidence(model, self.plan,
+                                                                        info.upright_turns))
         self.compare_writer: VideoWriter | None = None
 
     def open_compare(self, stack: ExitStack) -> None:
@@ -243,10 +244,12 @@ def reference_panel(stills: np.ndarray | list[np.ndarray] | None) -> np.ndarray 
 
 class MatchConfidence:
     """The report's match confidence of a frame: the §4 local term of the reference that
-    coloured it (each reference described once)."""
+    coloured it (each reference described once); frames are described upright, as the film is
+    shown (`upright_turns`: VideoInfo's), like the stills."""
 
-    def __init__(self, model, plan: ReferencePlan) -> None:
+    def __init__(self, model, plan: ReferencePlan, upright_turns: int = 0) -> None:
         self.describer, self.plan = Describer(model), plan
+        self.upright_turns = upright_turns
         self._refs: dict[int, Descriptor] = {}
 
     def __call__(self, frame: Frame) -> float:
@@ -254,7 +257,8 @@ class MatchConfidence:
         if index not in self._refs:
             still = io.load_still(self.plan.references[index], role="reference")
             self._refs[index] = self.describer.describe_rgb(still)
-        return score(self.describer.describe_rgb(frame.source), self._refs[index]).match
+        upright = np.ascontiguousarray(np.rot90(frame.source, self.upright_turns))
+        return score(self.describer.describe_rgb(upright), self._refs[index]).match
 
 
 def extras_from_files(src: Path, ref: Path | ReferencePlan, out: Path, request: ExtrasRequest,
