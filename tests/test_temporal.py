@@ -220,7 +220,9 @@ def test_static_clip_stays_static() -> None:
 def test_first_frame_passes_through() -> None:
     colors = _pattern_clip(3, seed=7)
     frames = _frames([_gray(c) for c in colors], colors)
-    assert TemporalFilter().step(frames[0]) is frames[0]
+    first = TemporalFilter().step(frames[0])
+    assert first.color is frames[0].color and first.source is frames[0].source
+    assert first.shot_start is True
 
 
 def test_synthetic_flicker_is_reduced_on_a_moving_pattern() -> None:
@@ -307,6 +309,11 @@ def test_reset_test_agrees_with_the_filter_frame_by_frame(media_dir):
                                                                    "rocket"), 10))
     frames = list(io.read_frames(clip))
     filt, test = TemporalFilter(), ResetTest(TemporalOptions())
-    restarts = [f.index for f in frames if filt.step(f.with_color(f.source)).color is f.source]
+    outputs = [filt.step(f.with_color(f.source)) for f in frames]
+    restarts = [f.index for f, out in zip(frames, outputs, strict=True) if out.color is f.source]
     starts = [f.index for f in frames if test.starts_shot(f.source)]
     assert starts == restarts == [0, 10, 20]
+    # and the filter marks them, for the QA report (which then tests nothing again)
+    assert [out.index for out in outputs if out.shot_start] == restarts
+    assert all(out.shot_start is False for out in outputs if out.index not in restarts)
+    assert TemporalFilter(TemporalOptions(strength=0.0)).step(outputs[0]) is outputs[0]

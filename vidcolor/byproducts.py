@@ -153,9 +153,13 @@ class RunExtras:
         self.sheet = None if request.preview is None else ContactSheet(
             request.preview_frames, info.n_frames, info.time_base, info.sample_aspect,
             info.rotation_deg)
-        cuts = ResetTest(identity.temporal)  # where the temporal stage restarts
+        cuts = ResetTest(identity.temporal)  # where the temporal stage restarts, if it ran
+
+        def starts_shot(frame: Frame) -> bool:  # the stage's own mark saves a flow per frame
+            return cuts.starts_shot(frame.source) if frame.shot_start is None else frame.shot_start
+
         self.monitor = None if request.report is None else QualityMonitor(
-            lambda frame: cuts.starts_shot(frame.source), info.time_base, info.fps,
+            starts_shot, info.time_base, info.fps,
             reference=lambda index: self.plan.references[self.plan.reference_at(index)].name,
             match_confidence=None if model is None else MatchConfidence(model, self.plan,
                                                                         info.upright_turns))

@@ -37,6 +37,9 @@ class Frame:
             stream stores it (range and bit depth in VideoInfo), so the encoder can keep the
             input's own luminance bit for bit. None when the source had no such plane.
         color: (H, W, 3) uint8 RGB; set by colorize, refined by temporal.
+        shot_start: set by the temporal stage: True where it restarted (a cut, or flow too
+            unreliable), False where it carried colour over. Later readers (the QA report's
+            shots) take it instead of testing the frames again. None: the stage did not run.
     """
 
     index: int
@@ -44,6 +47,7 @@ class Frame:
     source: np.ndarray
     luma_plane: np.ndarray | None = None
     color: np.ndarray | None = None
+    shot_start: bool | None = None
 
     def with_color(self, color: np.ndarray) -> Frame:
         """Return a copy of this frame carrying `color` ((H, W, 3) uint8 RGB)."""

@@ -7,6 +7,7 @@ changes lightness, never reads or writes files, and knows nothing of how `color`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -136,8 +137,9 @@ class TemporalFilter:
 
         Returns:
             The frame with `color` replaced: same L as the incoming `color`, Lab a, b made
-            consistent with the previous output. Returned as is when `strength` is 0 or the
-            frame starts a shot.
+            consistent with the previous output, and `shot_start` False. When the frame
+            starts a shot, its colour is kept and `shot_start` is True; when `strength` is 0,
+            the frame is returned as is.
 
         Raises:
             VidcolorError: `frame.color` is None (the colorize stage did not run).
@@ -160,9 +162,10 @@ class TemporalFilter:
         self._prev = _Previous(luma, luma_u8, ab)
         if correction is None:
             logger.debug("frame %d starts a shot; temporal history reset", frame.index)
-            return frame
+            return dataclasses.replace(frame, shot_start=True)
         self._prev.out_ab = ab + correction
-        return frame.with_color(_apply_correction(frame.color, lab, correction))
+        corrected = _apply_correction(frame.color, lab, correction)
+        return dataclasses.replace(frame, color=corrected, shot_start=False)
 
     def _correction(self, prev: _Previous, luma: np.ndarray, luma_u8: np.ndarray,
                     ab: np.ndarray) -> np.ndarray | None:
