@@ -275,14 +275,13 @@ def test_gpu_film_end_to_end(gray_clip, ref_still, tmp_path):
     assert mean_chroma(out, every=6) > 5
 
 
-
 def test_a_rotated_film_is_colourised_upright(sample_ref, media_dir, tmp_path):
     """A film stored sideways (a phone's portrait clip: display rotation 90) is colourised as
     it is shown, upright like its reference: its output is the upright film's, turned."""
     from conftest import write_clip
 
     reference = np.asarray(Image.open(sample_ref).convert("RGB"))
-    photo = np.asarray(Image.open(sample_ref).convert("RGB").resize((320, 192)))
+    photo = np.asarray(Image.fromarray(reference).resize((320, 192)))
     grey = np.repeat(photo.mean(-1, keepdims=True).astype(np.uint8), 3, -1)  # (192, 320) shown
     sideways = np.ascontiguousarray(np.rot90(grey, -1))  # (320, 192) stored; rot90(, 1) shows it
     model = vidcolor.load_model("net")

@@ -238,7 +238,6 @@ def test_a_cut_between_shots_of_like_brightness_still_changes_the_still(media_di
     assert names(plan) == ["coffee", "astronaut"]
 
 
-
 @pytest.fixture(scope="module")
 def sideways_clip(media_dir) -> Path:
     """`two_photo_clip` stored sideways: display rotation 90, as a phone's portrait clip."""

@@ -23,7 +23,7 @@ import numpy as np
 from . import io
 from .encode import EncodeOptions, VideoWriter, check_output_path, write_still
 from .errors import EncodeError, ReferenceImageError
-from .frames import Frame, VideoInfo
+from .frames import Frame, VideoInfo, turned
 from .mux import check_audio_fits, container_format
 from .preview import (
     PREVIEW_FRAMES,
@@ -261,7 +261,7 @@ class MatchConfidence:
         if index not in self._refs:
             still = io.load_still(self.plan.references[index], role="reference")
             self._refs[index] = self.describer.describe_rgb(still)
-        upright = np.ascontiguousarray(np.rot90(frame.source, self.upright_turns))
+        upright = turned(frame.source, self.upright_turns)
         return score(self.describer.describe_rgb(upright), self._refs[index]).match
 
 

@@ -151,9 +151,7 @@ class Colorizer:
         """
         for image in images:
             _check_rgb(image, "image")
-        turns = self.upright_turns
-        lumas = [self._luma(np.ascontiguousarray(np.rot90(image, turns)) if turns else image)
-                 for image in images]
+        lumas = [self._luma(frames.turned(image, self.upright_turns)) for image in images]
         outputs: list[np.ndarray] = []
         start = 0
         while start < len(lumas):
@@ -168,9 +166,7 @@ class Colorizer:
                 stop += 1
             outputs.extend(self._colorize_batch(lumas[start:stop], shape))
             start = stop
-        if turns:
-            return [np.ascontiguousarray(np.rot90(output, -turns)) for output in outputs]
-        return outputs
+        return [frames.turned(output, -self.upright_turns) for output in outputs]
 
     def step(self, frame: Frame) -> Frame:
         """Colourise one frame; returns it with `color` set ((H, W, 3) uint8 RGB)."""

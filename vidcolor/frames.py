@@ -96,7 +96,18 @@ class VideoInfo:
     @property
     def upright_turns(self) -> int:
         """Quarter turns counter-clockwise (np.rot90's k) that show a coded picture upright."""
-        return round(self.rotation_deg / 90) % 4
+        return quarter_turns(self.rotation_deg)
+
+
+def quarter_turns(rotation_deg: int) -> int:
+    """Quarter turns counter-clockwise (np.rot90's k) of a display rotation in degrees."""
+    return round(rotation_deg / 90) % 4
+
+
+def turned(image: np.ndarray, turns: int) -> np.ndarray:
+    """`image` turned `turns` quarter turns counter-clockwise (negative: clockwise), as a
+    C-contiguous array (OpenCV and PyAV want one); `image` itself when there is nothing to turn."""
+    return np.ascontiguousarray(np.rot90(image, turns)) if turns % 4 else image
 
 
 def srgb_to_linear(rgb: np.ndarray) -> np.ndarray:

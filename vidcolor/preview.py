@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import EncodeError, OptionsError
-from .frames import Frame, VideoInfo
+from .frames import Frame, VideoInfo, quarter_turns, turned
 
 PREVIEW_FRAMES = 6  # frames on a contact sheet by default
 MAX_PREVIEW_FRAMES = 48  # a sanity bound: more columns than this is not a preview
@@ -94,7 +94,7 @@ class ContactSheet:
                  time_base: Fraction | None = None, sample_aspect: Fraction = Fraction(1),
                  rotation_deg: int = 0) -> None:
         check_preview_frames(count)
-        self._turns = round(rotation_deg / 90) % 4  # quarter turns counter-clockwise
+        self._turns = quarter_turns(rotation_deg)
         self.count = count
         self.layout: SheetLayout | None = None
         self._time_base = time_base
@@ -213,7 +213,7 @@ class ContactSheet:
         if (rgb.shape[1], rgb.shape[0]) != self._thumb_size:
             rgb = np.asarray(Image.fromarray(rgb).resize(
                 self._thumb_size, Image.Resampling.BILINEAR, reducing_gap=2.0))
-        return np.ascontiguousarray(np.rot90(rgb, self._turns)) if self._turns else rgb
+        return turned(rgb, self._turns)
 
 
 def side_by_side(frame: Frame, rotation_deg: int = 0) -> Frame:
@@ -231,11 +231,11 @@ def side_by_side(frame: Frame, rotation_deg: int = 0) -> Frame:
     """
     if frame.color is None:
         raise EncodeError(f"Frame {frame.index} reached the comparison video without colour")
-    turns = round(rotation_deg / 90) % 4
+    turns = quarter_turns(rotation_deg)
 
     def pair(left: np.ndarray, right: np.ndarray) -> np.ndarray:
         shown = np.hstack([np.rot90(left, turns), np.rot90(right, turns)])
-        return np.ascontiguousarray(np.rot90(shown, -turns)) if turns else shown
+        return turned(shown, -turns)
 
     luma = None if frame.luma_plane is None else pair(frame.luma_plane, frame.luma_plane)
     return Frame(frame.index, frame.pts, pair(frame.source, frame.source), luma,
@@ -244,7 +244,7 @@ def side_by_side(frame: Frame, rotation_deg: int = 0) -> Frame:
 
 def side_by_side_info(info: VideoInfo) -> VideoInfo:
     """The VideoInfo of the side-by-side video: the input's, twice as wide as displayed."""
-    if round(info.rotation_deg / 90) % 2:
+    if info.upright_turns % 2:
         return dataclasses.replace(info, height=2 * info.height)
     return dataclasses.replace(info, width=2 * info.width)
 

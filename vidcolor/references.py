@@ -463,8 +463,8 @@ def plan_references(src: Path, references: Sequence[Path], model: torch.nn.Modul
                 shots.append((current, candidates.rank(current.targets)))
             current = _ShotSamples(frame.index, time_s)
         if current.due(time_s):
-            upright = np.rot90(frame.source, info.upright_turns)  # as the stills are
-            current.add(describer.describe_rgb(np.ascontiguousarray(upright)), time_s)
+            upright = frames.turned(frame.source, info.upright_turns)  # as the stills are
+            current.add(describer.describe_rgb(upright), time_s)
         count, last_s = frame.index + 1, time_s
     if current is None:
         raise ReferenceImageError(f"'{src}' has no frame to choose a reference for")
