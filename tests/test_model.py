@@ -233,3 +233,102 @@ def test_palette_is_a_histogram_plus_moments():
     assert palette.shape == (1, 20)
     torch.testing.assert_close(palette[0, :16].sum(), torch.tensor(1.0))
     torch.testing.assert_close(palette[0, 16:18], values[0].mean(0))
+
+
+def _brute_consensus(logits, taps_rows, taps_cols, mirrored):
+    """The consensus by its definition: a loop over (h, w, h', w') and the kernel offsets."""
+    height, width, key_rows, key_cols = logits.shape
+    radius = len(taps_rows) // 2
+    out = torch.zeros_like(logits)
+    for y, x, y2, x2 in np.ndindex(height, width, key_rows, key_cols):
+        num = den = 0.0
+        for dy in range(-radius, radius + 1):
+            for dx in range(-radius, radius + 1):
+                yy, xx, yy2, xx2 = y + dy, x + dx, y2 + dy, x2 + (-dx if mirrored else dx)
+                if 0 <= yy < height and 0 <= xx < width and 0 <= yy2 < key_rows and (
+                        0 <= xx2 < key_cols):
+                    weight = taps_rows[dy + radius] * taps_cols[dx + radius]
+                    num += weight * logits[yy, xx, yy2, xx2]
+                    den += weight
+        out[y, x, y2, x2] = num / den
+    return out
+
+
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_consensus_is_the_weighted_mean_over_matching_neighbours(mirrored):
+    """Separable, in place and windowed, it still equals the 4-D mean by its definition,
+    borders (fewer neighbours) and mirrored references included, with and without grad."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 6, 7, 4 * 5, generator=gen, dtype=torch.float64)
+    taps = torch.rand(2, 3, generator=gen, dtype=torch.float64) + 0.2
+    hood = model_module._Neighbourhood(taps, (6, 7), (4, 5), 4, (0, 0, 6, 7))
+    expected = _brute_consensus(logits.view(6, 7, 4, 5), taps[0], taps[1], mirrored)
+    with torch.inference_mode():
+        fast = model_module._consensus(logits, hood, mirrored, (1, 2, 4, 3))
+    with torch.enable_grad():
+        graded = model_module._consensus(logits, hood, mirrored, (0, 0, 6, 7))
+    torch.testing.assert_close(fast.view(4, 3, 4, 5), expected[1:5, 2:5])
+    torch.testing.assert_close(graded.view(6, 7, 4, 5), expected)
+
+
+def test_mirrored_reads_the_direction_of_the_best_matches():
+    key_grid, cols = (3, 8), 8
+    target_cols = torch.arange(2 * cols) % cols  # two rows of sampled target positions
+    for mirrored in (False, True):
+        best = (cols - 1 - target_cols) if mirrored else target_cols
+        best = best + key_grid[1] * (torch.arange(2 * cols) // cols)  # rows 0 and 1
+        logits = F.one_hot(best, key_grid[0] * key_grid[1]).float()[None]  # (1, M', N)
+        hood = model_module._Neighbourhood(torch.ones(2, 3), (4, 16), key_grid, cols,
+                                           (0, 0, 4, 16))
+        assert model_module._mirrored(logits, hood).tolist() == [mirrored]
+
+
+def test_consensus_paths_agree_and_a_crop_sees_the_whole_neighbourhood(monkeypatch):
+    """ColorNet with the consensus: the training (grad) path equals the chunked inference
+    path, and a decoded crop gets the same attention as the whole image inside it."""
+    torch.manual_seed(0)
+    config = dataclasses.replace(TINY_NET, consensus_radius=1)
+    net = ColorNet(config).double().eval()
+    with torch.no_grad():
+        net.consensus.copy_(torch.randn(2, 3) * 0.3)
+    gen = torch.Generator().manual_seed(1)
+    features = torch.randn(2, 16, 20, 28, generator=gen, dtype=torch.float64)
+    luma = torch.rand(2, 1, 80, 112, generator=gen, dtype=torch.float64)
+    reference = net.encode_grid(
+        torch.randn(1, 16, 18, 22, generator=gen, dtype=torch.float64),
+        torch.rand(1, 1, 18, 22, generator=gen, dtype=torch.float64),
+        torch.randn(1, 2, 18, 22, generator=gen, dtype=torch.float64) * 0.3, 4)
+    monkeypatch.setattr(model_module, "CONSENSUS_ROWS", 60)  # several chunks of grid rows
+    with torch.no_grad():
+        predicted, warped = net.decode(features, luma, reference)
+        _, warped_crop = net.decode(features, luma, reference, (3, 5, 10, 12))
+    graded, graded_warped = net.decode(features, luma, reference)
+    torch.testing.assert_close(graded, predicted)
+    torch.testing.assert_close(graded_warped, warped)
+    inner = warped[..., 6:26, 10:34][..., 2:-2, 2:-2]  # away from the crop's bilinear edge
+    torch.testing.assert_close(warped_crop[..., 2:-2, 2:-2], inner)
+
+
+def test_matcher_consensus_reads_a_mirrored_reference_as_mirrored(net, monkeypatch):
+    """On real backbone features: a reference that is the target mirrored is read as mirrored
+    (the consensus then runs its column offsets the other way), the target itself is not, and
+    reading it the wrong way round would give worse colours."""
+    config = dataclasses.replace(net.config, consensus_radius=1)
+    matcher = MatchNet(config)
+    matcher.backbone = net.backbone
+    luma = smooth_luma(64, 96, seed=7)
+    ab = torch.cat([luma * 60 - 30, 20 - luma * 40], 1)
+    truth = F.adaptive_avg_pool2d(ab, (16, 24))
+    read = []
+    mirrored = model_module._mirrored
+    monkeypatch.setattr(model_module, "_mirrored", lambda *a: read.append(mirrored(*a)) or read[-1])
+
+    def error(reference_luma, reference_ab):
+        with torch.inference_mode():
+            out = matcher(luma, matcher.encode_reference(reference_luma, reference_ab))
+        return (out - truth).abs().mean().item()
+
+    straight, flipped = error(luma, ab), error(luma.flip(-1), ab.flip(-1))
+    assert [r.tolist() for r in read] == [[False], [True]]
+    monkeypatch.setattr(model_module, "_mirrored", lambda col, hood: torch.tensor([False]))
+    assert flipped < 0.8 * error(luma.flip(-1), ab.flip(-1)) and straight < flipped

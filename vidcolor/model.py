@@ -20,6 +20,7 @@ from .errors import OptionsError
 
 MODEL_KINDS = ("match", "net")  # training-free MatchNet, learned ColorNet
 ATTENTION_ROWS = 1024  # target positions per attention chunk (bounds the similarity buffer)
+CONSENSUS_ROWS = 256  # target positions per consensus chunk (its logits stay in cache)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,12 @@ class NetConfig:
     key_dims: int = 64  # learned query/key channels of the attention
     width: int = 64  # decoder channels at stride 4 (x3/2 at stride 8, /2 at stride 2)
     palette_bins: int = 8  # per-axis bins of the reference ab histogram (colour embedding)
+    # neighbourhood consensus on the attention logits (NCNet-style), grid cells each side;
+    # 0 = off (checkpoints from before it)
+    consensus_radius: int = 0
+    # weight of the logit one cell away in the consensus, relative to the centre's, per axis
+    # (the matcher's kernel; ColorNet learns its own from this start)
+    consensus_edge: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "feature_blocks", tuple(int(b) for b in self.feature_blocks))
@@ -67,6 +74,12 @@ class NetConfig:
         for name in ("feature_dims", "key_dims", "width", "palette_bins"):
             if getattr(self, name) < 2:
                 raise OptionsError(f"NetConfig.{name} must be >= 2, got {getattr(self, name)}")
+        if not 0 <= self.consensus_radius <= 3:
+            raise OptionsError(
+                f"NetConfig.consensus_radius must be in [0, 3], got {self.consensus_radius}"
+            )
+        if not self.consensus_edge > 0.0:
+            raise OptionsError(f"NetConfig.consensus_edge must be > 0, got {self.consensus_edge}")
         if self.key_dims > self.feature_dims:
             raise OptionsError(
                 f"NetConfig.key_dims must be <= feature_dims ({self.feature_dims}), "
@@ -85,12 +98,14 @@ class MatchReference:
             the k channels carried along (`encode_reference`'s `carry`).
         projection: (C, D) float, orthonormal columns mapping hypercolumns to match space.
         grid_stride_px: grid stride the reference was encoded at; targets use the same.
+        grid: (rows, columns) of the reference grid, N = rows * columns.
     """
 
     keys: torch.Tensor
     ab: torch.Tensor
     projection: torch.Tensor
     grid_stride_px: int
+    grid: tuple[int, int]
 
 
 class MatchNet(nn.Module):
@@ -105,6 +120,10 @@ class MatchNet(nn.Module):
     with a reference vector only sees its span, so little is lost. The luminance term is a dot
     product through two extra channels: query (sqrt(2w) l, 1), key (sqrt(2w) l', -w l'^2); the
     leftover -w l^2 is the same for all keys of a query, and the softmax ignores it.
+
+    With `consensus_radius` > 0 the similarities are first replaced by their neighbourhood
+    consensus (`_consensus`, a fixed kernel from `consensus_edge`): a position's match is
+    trusted as far as its neighbours match the reference's neighbours the same way.
     """
 
     def __init__(self, config: NetConfig | None = None) -> None:
@@ -144,7 +163,7 @@ class MatchNet(nn.Module):
         grid = ref_luma.shape[-2] // stride, ref_luma.shape[-1] // stride
         values = ref_ab if carry is None else torch.cat([ref_ab, carry], 1)
         ab = _positions(F.adaptive_avg_pool2d(values, grid))  # (1, N, 2 + k)
-        return MatchReference(torch.cat(keys, -1), ab, projection, stride)
+        return MatchReference(torch.cat(keys, -1), ab, projection, stride, grid)
 
     def forward(self, target_luma: torch.Tensor, reference: MatchReference) -> torch.Tensor:
         """Predict ab for a target batch on the matching grid.
@@ -165,15 +184,24 @@ class MatchNet(nn.Module):
         query = query / self.config.temperature  # (B, M, D + 2)
         keys_t = reference.keys[0].T.contiguous()  # (D + 2, N)
         ab_one = F.pad(reference.ab[0], (0, 1), value=1.0)  # (N, 3 + k): a, b, ..., 1 -> sum
-        ab = torch.cat([self._attend(q, keys_t, ab_one) for q in query])  # (B*M, 2 + k)
         grid = target_luma.shape[-2] // stride, target_luma.shape[-1] // stride
+        hood, mirrored = None, [None] * len(query)
+        if self.config.consensus_radius:
+            hood = _Neighbourhood(consensus_taps(self.config).repeat(2, 1), grid, reference.grid,
+                                  (grid[1] + 1) // 2, (0, 0, *grid))
+            sampled = query.view(len(query), *grid, -1)[:, ::2, ::2].flatten(1, 2)
+            mirrored = _mirrored(sampled @ keys_t, hood).tolist()
+        ab = torch.cat([self._attend(q, keys_t, ab_one, hood, m)
+                        for q, m in zip(query, mirrored, strict=True)])  # (B*M, 2 + k)
         return ab.view(len(query), *grid, ab.shape[-1]).permute(0, 3, 1, 2)
 
     @torch.inference_mode()
     def _attend(
-        self, query: torch.Tensor, keys_t: torch.Tensor, ab_one: torch.Tensor
+        self, query: torch.Tensor, keys_t: torch.Tensor, ab_one: torch.Tensor,
+        hood: _Neighbourhood | None = None, mirrored: bool | None = None,
     ) -> torch.Tensor:
-        """Softmax attention of (M, D) queries on (D, N) keys over (N, V + 1) values (then 1).
+        """Softmax attention of (M, D) queries on (D, N) keys over (N, V + 1) values (then 1),
+        on the neighbourhood consensus of the logits if `hood` is given.
 
         Works in row chunks in one similarity buffer kept between calls: a fresh (M, N)
         matrix per frame costs more in page faults than the arithmetic. Returns (M, V).
@@ -187,18 +215,21 @@ class MatchNet(nn.Module):
             scores_buf = query.new_empty(ATTENTION_ROWS * n_keys)
             self._scores = scores_buf
         out = query.new_empty(query.shape[0], ab_one.shape[1])
-        for start in range(0, query.shape[0], ATTENTION_ROWS):
-            rows = query[start : start + ATTENTION_ROWS]
-            scores = scores_buf[: len(rows) * n_keys].view(len(rows), n_keys)
-            torch.mm(rows, keys_t, out=scores)  # (rows, N) similarity / temperature
-            scores.sub_(scores.amax(1, keepdim=True)).exp_()
-            torch.mm(scores, ab_one, out=out[start : start + len(rows)])
+        for start, scores in _logit_chunks(query, keys_t, scores_buf, hood, mirrored):
+            scores.sub_(scores.amax(1, keepdim=True)).exp_()  # (rows, N) similarity / temperature
+            torch.mm(scores, ab_one, out=out[start : start + len(scores)])
         return out[:, :-1] / out[:, -1:]
 
     def _features(self, luma: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Hypercolumns (B, M, C) and mean luminance (B, M, 1) of the M grid cells, row-major."""
         features = self.backbone(luma, stride)  # (B, C, h, w)
         return _positions(features), _positions(F.adaptive_avg_pool2d(luma, features.shape[-2:]))
+
+
+def consensus_taps(config: NetConfig) -> torch.Tensor:
+    """(2r + 1,) weights of the consensus kernel along one axis: edge ** |offset|."""
+    offsets = torch.arange(-config.consensus_radius, config.consensus_radius + 1).abs()
+    return config.consensus_edge ** offsets.float()
 
 
 def _positions(grid: torch.Tensor) -> torch.Tensor:
@@ -221,12 +252,14 @@ class NetReference:
             mean), then the k carried channels (`encode_reference`'s `carry`).
         palette: (1, P) float, the global colour embedding input (ab histogram, mean, std).
         grid_stride_px: grid stride the reference was encoded at (always the config's).
+        grid: (rows, columns) of the reference grid, N = rows * columns.
     """
 
     keys: torch.Tensor
     values: torch.Tensor
     palette: torch.Tensor
     grid_stride_px: int
+    grid: tuple[int, int]
 
 
 class ColorNet(nn.Module):
@@ -235,12 +268,13 @@ class ColorNet(nn.Module):
     On frozen backbone hypercolumns (projected on a fixed training-set PCA basis, the
     `feature_proj` buffer), learned query/key projections and temperature give softmax
     attention from target to reference grid positions (plus MatchNet's luminance term). The
-    attention warps the reference ab and yields three confidence maps: best similarity,
-    normalised attention entropy and a reverse check (how far the attended reference positions
-    are from preferring this target position above all others, Deep Exemplar's bidirectional
-    similarity). A small U-Net (strides 4, 8, 2), conditioned on an embedding of the
-    reference's ab histogram, predicts at stride 2 a gain g and a residual r:
-    ab = warped * (1 + g) + r. The last layer is zero-initialised, so an untrained ColorNet
+    attention (on the neighbourhood consensus of its logits, `_consensus`, with a learned
+    kernel, when `consensus_radius` > 0) warps the reference ab and yields three confidence
+    maps: best similarity, normalised attention entropy and a reverse check (how far the
+    attended reference positions are from preferring this target position above all others,
+    Deep Exemplar's bidirectional similarity). A small U-Net (strides 4, 8, 2), conditioned on
+    an embedding of the reference's ab histogram, predicts at stride 2 a gain g and a residual
+    r: ab = warped * (1 + g) + r. The last layer is zero-initialised, so an untrained ColorNet
     returns the warped ab exactly.
     """
 
@@ -259,6 +293,8 @@ class ColorNet(nn.Module):
             self.key.weight.copy_(torch.eye(cfg.key_dims, cfg.feature_dims))
         self.log_temperature = nn.Parameter(torch.tensor(float(cfg.temperature)).log())
         self.luma_weight = nn.Parameter(torch.tensor(float(cfg.luma_weight)))
+        if cfg.consensus_radius:  # log weights of the separable kernel, rows then columns
+            self.consensus = nn.Parameter(consensus_taps(cfg).log().repeat(2, 1))
         self.decoder = _Decoder(cfg)
 
     def encode_reference(
@@ -307,7 +343,8 @@ class ColorNet(nn.Module):
                 -weight * luma_n * luma_n, torch.ones_like(luma_n)]
         values = _positions(ab)  # (B, N, 2 + k)
         palette = _palette(values[..., :2], self.config.palette_bins)
-        return NetReference(torch.cat(keys, -1), values, palette, stride)
+        grid = (int(features.shape[-2]), int(features.shape[-1]))
+        return NetReference(torch.cat(keys, -1), values, palette, stride, grid)
 
     def forward(self, target_luma: torch.Tensor, reference: NetReference) -> torch.Tensor:
         """Predict ab for a target batch at half the working resolution.
@@ -355,17 +392,28 @@ class ColorNet(nn.Module):
                            (2.0 * weight).sqrt() * luma_q, torch.ones_like(luma_q),
                            -weight * luma_q * luma_q], -1)  # (B, h, w, D)
         col_query = query[:, ::2, ::2].reshape(batch, -1, query.shape[-1])
+        width_all = width
+        top, left, height, width = (0, 0, height, width) if crop is None else crop
+        neighbourhood = None
+        if self.config.consensus_radius:  # the consensus needs the logits around the window
+            halo = self.config.consensus_radius
+            top0, left0 = max(0, top - halo), max(0, left - halo)
+            bottom, right = top + height + halo, left + width + halo
+            query = query[:, top0:bottom, left0:right]
+            neighbourhood = _Neighbourhood(
+                self.consensus.exp(), tuple(query.shape[1:3]), reference.grid,
+                (width_all + 1) // 2, (top - top0, left - left0, height, width))
+        else:
+            query = query[:, top : top + height, left : left + width]
         if crop is not None:
-            top, left, height, width = crop
             rows, cols = slice(top, top + height), slice(left, left + width)
             px = target_luma.shape[-1] // features.shape[-1]  # grid stride
-            query, features = query[:, rows, cols], features[..., rows, cols]
-            luma_grid = luma_grid[..., rows, cols]
+            features, luma_grid = features[..., rows, cols], luma_grid[..., rows, cols]
             target_luma = target_luma[..., px * top : px * (top + height),
                                       px * left : px * (left + width)]
         warped, confidence = _attend(
-            query.reshape(batch, height * width, -1), col_query, reference.keys,
-            reference.values, self.log_temperature.exp(),
+            query.reshape(batch, -1, query.shape[-1]), col_query, reference.keys,
+            reference.values, self.log_temperature.exp(), neighbourhood,
         )
         warped = warped.transpose(1, 2).reshape(batch, -1, height, width)  # (B, 2 + k, h, w)
         confidence = confidence.transpose(1, 2).reshape(batch, 3, height, width)
@@ -386,12 +434,32 @@ class ColorNet(nn.Module):
         return stride
 
 
+@dataclass(frozen=True)
+class _Neighbourhood:
+    """What `_attend` needs for the neighbourhood consensus of its logits.
+
+    Attributes:
+        taps: (2, 2r + 1) positive kernel weights along rows, then along columns.
+        query_grid: (rows, columns) of the query positions (the window plus its halo).
+        key_grid: (rows, columns) of the reference grid.
+        col_columns: columns of the reverse check's `col_query` grid.
+        window: (top, left, rows, columns) of the positions to return, within query_grid.
+    """
+
+    taps: torch.Tensor
+    query_grid: tuple[int, int]
+    key_grid: tuple[int, int]
+    col_columns: int
+    window: tuple[int, int, int, int]
+
+
 def _attend(
     query: torch.Tensor,
     col_query: torch.Tensor,
     keys: torch.Tensor,
     values: torch.Tensor,
     temperature: torch.Tensor,
+    hood: _Neighbourhood | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention of target on reference positions, and its confidence.
 
@@ -402,18 +470,25 @@ def _attend(
             other row and column of the whole target grid.
         values: (B or 1, N, V) reference ab / AB_SCALE (and any carried channels).
         temperature: () softmax temperature.
+        hood: if given, the logits are replaced by their neighbourhood consensus
+            (`_consensus`), and only `hood.window` of the query positions is returned.
 
     Returns:
         (B, M, V) warped values and (B, M, 3) confidence: best similarity, attention
         entropy / log N in [0, 1], and the reverse check sum_j A_ij (z_ij - max_i' z_i'j) / 10
         with z = similarity / temperature and i' over `col_query` (cheaper than all target
-        positions): <= 0 roughly, 0 when the match is mutual.
+        positions, and without the consensus): <= 0 roughly, 0 when the match is mutual.
     """
     query = query / temperature
-    col_max = (col_query @ keys.transpose(1, 2)).amax(1, keepdim=True)  # (B, 1, N)
-    col_max = col_max / temperature
+    col_logits = col_query @ keys.transpose(1, 2) / temperature  # (B, M', N)
+    col_max = col_logits.amax(1, keepdim=True)  # (B, 1, N)
+    mirrored = None if hood is None else _mirrored(col_logits, hood)
     if torch.is_grad_enabled():
         logits = query @ keys.transpose(1, 2)  # (B, M, N)
+        if hood is not None:
+            logits = torch.cat([_consensus(
+                logits[b : b + 1].view(1, *hood.query_grid, -1), hood, bool(mirrored[b]),
+                hood.window) for b in range(len(logits))])
         row_max = logits.amax(2, keepdim=True)  # (B, M, 1)
         exp = (logits - row_max).exp()
         total = exp.sum(2, keepdim=True)
@@ -422,21 +497,102 @@ def _attend(
         mean_logit = (attn * logits).sum(2, keepdim=True)
         reverse = mean_logit - attn @ col_max.transpose(1, 2)
     else:
-        row_max, total, warped, mean_logit, reverse = _attend_chunks(query, keys, values, col_max)
+        row_max, total, warped, mean_logit, reverse = _attend_chunks(
+            query, keys, values, col_max, hood, mirrored)
     entropy = (row_max + total.log() - mean_logit) / math.log(keys.shape[1])
     return warped, torch.cat([row_max * temperature, entropy, reverse / 10.0], -1)
 
 
+def _mirrored(col_logits: torch.Tensor, hood: _Neighbourhood) -> torch.Tensor:
+    """(B,) bool: does the reference show the target mirrored left to right?
+
+    Each sampled target position's best reference position pairs a target column with a
+    reference column; if the reference column falls as the target column rises, the
+    reference is mirrored (training mirrors half its references; a still may be a flipped
+    print). Unrelated references give either answer, and it does not matter which."""
+    target_cols = torch.arange(col_logits.shape[1], device=col_logits.device) % hood.col_columns
+    key_cols = col_logits.argmax(2) % hood.key_grid[1]  # (B, M')
+    target_cols = target_cols.to(col_logits.dtype) - target_cols.to(col_logits.dtype).mean()
+    key_cols = key_cols.to(col_logits.dtype)
+    key_cols = key_cols - key_cols.mean(1, keepdim=True)
+    return (target_cols * key_cols).sum(1) < 0.0
+
+
+def _consensus(
+    logits: torch.Tensor, hood: _Neighbourhood, mirrored: bool,
+    window: tuple[int, int, int, int],
+) -> torch.Tensor:
+    """Neighbourhood consensus (Rocco et al. 2018, NCNet, as one fixed-shape 4-D filter).
+
+    A true match (i, j) has neighbours that match the neighbours of j by the same offset; a
+    look-alike usually has not. So each logit becomes the weighted mean of the logits of
+    (i + d, j + d) over offsets d within the radius (a separable kernel over rows, then
+    columns; offsets that leave either grid are left out of the mean). For a mirrored
+    reference the column offset runs the other way in the reference.
+
+    Args:
+        logits: (1, h, w, N) logits of a block of query positions, rows then columns; the block
+            must hold every row and column of the query grid within the radius of `window`.
+        window: (top, left, rows, columns) of the block to return.
+
+    Returns:
+        (1, rows * columns, N) consensus logits of the window.
+    """
+    top, left, height, width = window
+    grid = logits.view(*logits.shape[:3], *hood.key_grid)  # (1, h, w, h', w')
+    grid = _diagonal_mean(grid, hood.taps[0], 1, 3, mirrored=False)[:, top : top + height]
+    grid = _diagonal_mean(grid, hood.taps[1], 2, 4, mirrored)[:, :, left : left + width]
+    return grid.reshape(1, height * width, -1)
+
+
+def _diagonal_mean(
+    grid: torch.Tensor, taps: torch.Tensor, dim_q: int, dim_k: int, mirrored: bool
+) -> torch.Tensor:
+    """Weighted mean of grid[.., q + d, .., k + d (k - d if mirrored), ..] over the offsets d
+    of the centred `taps`, along query dim `dim_q` and key dim `dim_k`; offsets that leave the
+    grid are left out of the mean."""
+    radius = len(taps) // 2
+    n_q, n_k = grid.shape[dim_q], grid.shape[dim_k]
+    inference = not torch.is_grad_enabled()
+    weights = taps.tolist() if inference else taps
+    total = grid * weights[radius]
+    norm = weights[radius] * grid.new_ones(n_q, n_k)
+    for offset in range(-radius, radius + 1):
+        if offset == 0 or abs(offset) >= min(n_q, n_k):
+            continue
+        key_offset = -offset if mirrored else offset
+        length_q, length_k = n_q - abs(offset), n_k - abs(offset)
+        into = total.narrow(dim_q, max(0, -offset), length_q).narrow(
+            dim_k, max(0, -key_offset), length_k)
+        source = grid.narrow(dim_q, max(0, offset), length_q).narrow(
+            dim_k, max(0, key_offset), length_k)
+        if inference:
+            into.add_(source, alpha=weights[radius + offset])
+        else:
+            into += weights[radius + offset] * source
+        inside = grid.new_zeros(n_q, n_k)
+        inside[max(0, -offset) : max(0, -offset) + length_q,
+               max(0, -key_offset) : max(0, -key_offset) + length_k] = 1.0
+        norm = norm + weights[radius + offset] * inside
+    shape = [1] * grid.dim()
+    shape[dim_q], shape[dim_k] = n_q, n_k
+    return total.div_(norm.view(shape)) if inference else total / norm.view(shape)
+
+
 def _attend_chunks(
-    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, col_max: torch.Tensor
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, col_max: torch.Tensor,
+    hood: _Neighbourhood | None = None, mirrored: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """`_attend`'s inference path: ATTENTION_ROWS target rows at a time, in two reused
     buffers that stay in cache (a full (B, M, N) softmax costs several trips to memory).
+    With a neighbourhood, whole grid rows at a time (CONSENSUS_ROWS positions, plus the halo
+    rows the consensus reads), in fresh buffers.
 
     Returns (B, M, 1) row max, (B, M, 1) sum of exp, (B, M, V) warped values, (B, M, 1) mean
     logit and (B, M, 1) attention-weighted (logit - column max), as `_attend` needs them.
     """
-    batch, n_query, _ = query.shape
+    batch = query.shape[0]
+    n_query = query.shape[1] if hood is None else hood.window[2] * hood.window[3]
     n_keys, n_values = keys.shape[1], values.shape[-1]
     out = query.new_empty(batch, n_query, n_values + 4)  # max, total, values, mean, reverse
     rows = min(ATTENTION_ROWS, n_query)
@@ -446,24 +602,46 @@ def _attend_chunks(
         keys_t = keys[min(b, len(keys) - 1)].T.contiguous()  # (D, N)
         ab_one = torch.cat([values[min(b, len(values) - 1)], torch.ones_like(
             values[0, :, :1]), col_max[b].T], 1)  # (N, V + 2): values, 1, column max
-        for start in range(0, n_query, rows):
-            q = query[b, start : start + rows]
-            logits = logits_buf[: len(q) * n_keys].view(len(q), n_keys)
-            exp = exp_buf[: len(q) * n_keys].view(len(q), n_keys)
-            torch.mm(q, keys_t, out=logits)
+        for start, logits in _logit_chunks(query[b], keys_t, logits_buf, hood,
+                                           None if mirrored is None else bool(mirrored[b])):
+            exp = exp_buf[: len(logits) * n_keys].view(len(logits), n_keys)
             row_max = logits.amax(1, keepdim=True)
             torch.sub(logits, row_max, out=exp).exp_()
             sums = exp @ ab_one  # (rows, V + 2)
             logits.mul_(exp)
             total = sums[:, n_values : n_values + 1]
             mean_logit = logits.sum(1, keepdim=True) / total
-            chunk = out[b, start : start + rows]
+            chunk = out[b, start : start + len(logits)]
             chunk[:, :1], chunk[:, 1:2] = row_max, total
             chunk[:, 2 : 2 + n_values] = sums[:, :n_values] / total
             chunk[:, -2:-1] = mean_logit
             chunk[:, -1:] = mean_logit - sums[:, -1:] / total
     return (out[..., :1], out[..., 1:2], out[..., 2 : 2 + n_values], out[..., -2:-1],
             out[..., -1:])
+
+
+def _logit_chunks(query, keys_t, logits_buf, hood, mirrored):
+    """Yield (first output position, (rows, N) logits) over one target's (M, D) queries: plain
+    query . key rows in `logits_buf`, or the consensus logits of whole window rows."""
+    n_keys = keys_t.shape[1]
+    if hood is None:
+        rows = len(logits_buf) // n_keys
+        for start in range(0, len(query), rows):
+            q = query[start : start + rows]
+            logits = logits_buf[: len(q) * n_keys].view(len(q), n_keys)
+            yield start, torch.mm(q, keys_t, out=logits)
+        return
+    top, left, height, width = hood.window
+    grid_rows, grid_cols = hood.query_grid
+    radius = hood.taps.shape[1] // 2
+    step = max(1, CONSENSUS_ROWS // width)
+    grid = query.view(grid_rows, grid_cols, -1)
+    for first in range(top, top + height, step):
+        last = min(first + step, top + height)
+        lo, hi = max(0, first - radius), min(grid_rows, last + radius)
+        block = (grid[lo:hi].reshape(-1, grid.shape[-1]) @ keys_t).view(1, hi - lo, grid_cols, -1)
+        window = (first - lo, left, last - first, width)
+        yield (first - top) * width, _consensus(block, hood, mirrored, window)[0]
 
 
 def _palette(values: torch.Tensor, bins: int) -> torch.Tensor:
