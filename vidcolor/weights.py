@@ -29,7 +29,7 @@ BACKBONE_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf7
 _REGISTRY: dict[str, NetConfig] = {"match": NetConfig(kind="match"), "net": NetConfig(kind="net")}
 # name -> (file in the models folder, sha256) of our own trained weights (see models/MODEL_CARD.md)
 _SHIPPED: dict[str, tuple[str, str]] = {
-    "net": ("colornet.pt", "1cb4da8d7976a735668e952febdc19a0985a8856c7429466fbe29a3c2c234e70"),
+    "net": ("colornet.pt", "5c0bab9558a17c79f5ea3ac4f64a0a2bfa218a5e2c4f1c86cc6374ab58287259"),
 }
 _BACKBONE_KEYS = "backbone."  # state-dict prefix of the frozen backbone, never in checkpoints
 MODEL_DIR_ENV = "VIDCOLOR_MODEL_DIR"  # optional folder searched first for the shipped files
@@ -159,7 +159,8 @@ def _load_checkpoint(path: Path) -> nn.Module:
             f"write one with vidcolor.weights.save_checkpoint"
         )
     try:
-        net = _build(NetConfig(**ckpt["config"]))
+        # a checkpoint from before the attention's consensus existed has none
+        net = _build(NetConfig(**{"consensus_radius": 0, **ckpt["config"]}))
     except (TypeError, OptionsError) as e:
         raise WeightsError(f"'{path}' has an invalid NetConfig: {e}") from e
     _load_backbone(net.backbone)
