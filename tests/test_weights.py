@@ -108,6 +108,20 @@ def test_checkpoints_leave_out_the_frozen_backbone(model, tmp_path):
         assert torch.equal(value, reloaded.state_dict()[key]), key
 
 
+def test_checkpoint_from_before_the_consensus_loads_without_it(tmp_path):
+    """A config saved before consensus_radius existed means no consensus, whatever today's
+    default is; the shipped net has its learned kernel."""
+    net = load_model("net", device="cpu")
+    assert net.config.consensus_radius == 2 and net.consensus.shape == (2, 5)
+    old = ColorNet(dataclasses.replace(net.config, consensus_radius=0))
+    config = dataclasses.asdict(old.config)
+    del config["consensus_radius"], config["consensus_edge"]
+    state = {k: v for k, v in old.state_dict().items() if not k.startswith("backbone.")}
+    torch.save({"config": config, "state_dict": state}, tmp_path / "old.pt")
+    loaded = load_model(tmp_path / "old.pt", device="cpu")
+    assert loaded.config.consensus_radius == 0 and not hasattr(loaded, "consensus")
+
+
 @pytest.mark.parametrize(
     "content",
     [b"not a torch file", None],
