@@ -80,6 +80,14 @@ def _write_tone(container, stream, duration_s: float) -> None:
         container.mux(packet)
 
 
+def block_means(rgb: np.ndarray, side: int) -> np.ndarray:
+    """Means of side x side pixel blocks of an (H, W, 3) image, float (a partial last block
+    is left out): colours at a scale that chroma subsampling and lossy coding keep."""
+    rows, cols = rgb.shape[0] // side, rgb.shape[1] // side
+    blocks = rgb[: side * rows, : side * cols].astype(float).reshape(rows, side, cols, side, 3)
+    return blocks.mean((1, 3))
+
+
 def colorful_still(width: int = 96, height: int = 72) -> np.ndarray:
     """(H, W, 3) uint8 RGB with strong, varied colour: a reference for synthetic tests."""
     y, x = np.mgrid[0:height, 0:width]

@@ -127,14 +127,9 @@ def test_cli_passes_preview_and_report_options(gray_clip, ref_still, tmp_path, m
         Path("s.png"), 9, Path("r.html"))
 
 
-def _blocks(rgb: np.ndarray) -> np.ndarray:
-    """Means of 4 x 4 pixel blocks of an (H, W, 3) image, float."""
-    height, width = rgb.shape[0] // 4, rgb.shape[1] // 4
-    return rgb[: 4 * height, : 4 * width].reshape(height, 4, width, 4, 3).mean((1, 3))
-
-
 def test_compare_video_is_input_beside_output_with_the_sound(gray_clip, ref_still, tmp_path):
     import av
+    from conftest import block_means
 
     out, side = tmp_path / "out.mp4", tmp_path / "side.mkv"
     vidcolor.colorize_video(gray_clip, ref_still, out, compare=side)
@@ -152,8 +147,9 @@ def test_compare_video_is_input_beside_output_with_the_sound(gray_clip, ref_stil
         assert np.abs(left.astype(int) - source.source).mean() < 4.0  # the input
         assert np.hypot(*rgb_to_lab(right)[..., 1:].transpose(2, 0, 1)).mean() > 6.0  # grey is < 3
         # the output: 4 x 4 block means, which the compare file's 4:2:0 chroma keeps
-        to_output = np.abs(_blocks(right) - _blocks(output.source)).mean()
-        assert to_output < 0.5 * np.abs(_blocks(right) - _blocks(source.source)).mean()
+        shown = block_means(right, 4)
+        to_output = np.abs(shown - block_means(output.source, 4)).mean()
+        assert to_output < 0.5 * np.abs(shown - block_means(source.source, 4)).mean()
         luma_gap = pair.luma_plane[:, 64:].astype(int) - source.luma_plane  # lossy H.264
         assert np.abs(luma_gap).mean() < 6.0  # the input's luma, through lossy H.264
     with av.open(str(side)) as a, av.open(str(gray_clip)) as b:

@@ -188,10 +188,10 @@ class MatchNet(nn.Module):
         grid = target_luma.shape[-2] // stride, target_luma.shape[-1] // stride
         hood, mirrored = None, [None] * len(query)
         if self.config.consensus_radius:
+            sampled = query.view(len(query), *grid, -1)[:, ::2, ::2]  # as ColorNet's col_query
             hood = _Neighbourhood(consensus_taps(self.config).repeat(2, 1), grid, reference.grid,
-                                  (grid[1] + 1) // 2, (0, 0, *grid))
-            sampled = query.view(len(query), *grid, -1)[:, ::2, ::2].flatten(1, 2)
-            mirrored = _mirrored(sampled @ keys_t, hood).tolist()
+                                  sampled.shape[2], (0, 0, *grid))
+            mirrored = _mirrored(sampled.flatten(1, 2) @ keys_t, hood).tolist()
         ab = torch.cat([self._attend(q, keys_t, ab_one, hood, m)
                         for q, m in zip(query, mirrored, strict=True)])  # (B*M, 2 + k)
         return ab.view(len(query), *grid, ab.shape[-1]).permute(0, 3, 1, 2)
@@ -392,8 +392,8 @@ class ColorNet(nn.Module):
         query = torch.cat([self.query(features.permute(0, 2, 3, 1)),
                            (2.0 * weight).sqrt() * luma_q, torch.ones_like(luma_q),
                            -weight * luma_q * luma_q], -1)  # (B, h, w, D)
-        col_query = query[:, ::2, ::2].reshape(batch, -1, query.shape[-1])
-        width_all = width
+        col_grid = query[:, ::2, ::2]  # the reverse check's positions
+        col_query = col_grid.reshape(batch, -1, query.shape[-1])
         top, left, height, width = (0, 0, height, width) if crop is None else crop
         neighbourhood = None
         if self.config.consensus_radius:  # the consensus needs the logits around the window
@@ -403,7 +403,7 @@ class ColorNet(nn.Module):
             query = query[:, top0:bottom, left0:right]
             neighbourhood = _Neighbourhood(
                 self.consensus.exp(), tuple(query.shape[1:3]), reference.grid,
-                (width_all + 1) // 2, (top - top0, left - left0, height, width))
+                col_grid.shape[2], (top - top0, left - left0, height, width))
         else:
             query = query[:, top : top + height, left : left + width]
         if crop is not None:
@@ -587,17 +587,22 @@ def _attend_chunks(
     """`_attend`'s inference path: ATTENTION_ROWS target rows at a time, in two reused
     buffers that stay in cache (a full (B, M, N) softmax costs several trips to memory).
     With a neighbourhood, whole grid rows at a time (CONSENSUS_ROWS positions, plus the halo
-    rows the consensus reads), in fresh buffers.
+    rows the consensus reads), their logits in fresh tensors.
 
     Returns (B, M, 1) row max, (B, M, 1) sum of exp, (B, M, V) warped values, (B, M, 1) mean
     logit and (B, M, 1) attention-weighted (logit - column max), as `_attend` needs them.
     """
     batch = query.shape[0]
-    n_query = query.shape[1] if hood is None else hood.window[2] * hood.window[3]
     n_keys, n_values = keys.shape[1], values.shape[-1]
+    if hood is None:
+        n_query = query.shape[1]
+        rows = min(ATTENTION_ROWS, n_query)
+        logits_buf = query.new_empty(rows * n_keys)
+    else:  # the consensus chunks bring their own logits
+        n_query = hood.window[2] * hood.window[3]
+        rows = min(n_query, _consensus_step(hood) * hood.window[3])
+        logits_buf = None
     out = query.new_empty(batch, n_query, n_values + 4)  # max, total, values, mean, reverse
-    rows = min(ATTENTION_ROWS, n_query)
-    logits_buf = query.new_empty(rows * n_keys)
     exp_buf = query.new_empty(rows * n_keys)
     for b in range(batch):
         keys_t = keys[min(b, len(keys) - 1)].T.contiguous()  # (D, N)
@@ -635,7 +640,7 @@ def _logit_chunks(query, keys_t, logits_buf, hood, mirrored):
     top, left, height, width = hood.window
     grid_rows, grid_cols = hood.query_grid
     radius = hood.taps.shape[1] // 2
-    step = max(1, CONSENSUS_ROWS // width)
+    step = _consensus_step(hood)
     grid = query.view(grid_rows, grid_cols, -1)
     for first in range(top, top + height, step):
         last = min(first + step, top + height)
@@ -643,6 +648,11 @@ def _logit_chunks(query, keys_t, logits_buf, hood, mirrored):
         block = (grid[lo:hi].reshape(-1, grid.shape[-1]) @ keys_t).view(1, hi - lo, grid_cols, -1)
         window = (first - lo, left, last - first, width)
         yield (first - top) * width, _consensus(block, hood, mirrored, window)[0]
+
+
+def _consensus_step(hood: _Neighbourhood) -> int:
+    """Window rows per consensus chunk: CONSENSUS_ROWS positions, at least one row."""
+    return max(1, CONSENSUS_ROWS // hood.window[3])
 
 
 def _palette(values: torch.Tensor, bins: int) -> torch.Tensor:
