@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from evaluate import augment_reference, load_rgb
 
 from vidcolor import frames
+from vidcolor.backbone import block_table, hypercolumn_channels
 from vidcolor.model import AB_SCALE, ColorNet, NetConfig
 from vidcolor.weights import load_model, save_checkpoint
 
@@ -111,7 +112,7 @@ def build_cache(net: ColorNet, paths: list[Path], cache: Path, seed: int,
             cache_identity(meta):
         logger.info("using the cache in %s", cache)
         net.feature_proj.copy_(torch.from_numpy(np.load(cache / "feature_proj.npy")))
-        return {k: np.load(cache / f"{k}.npy", mmap_mode="r") for k in CACHE_SHAPES}
+        return {k: np.load(cache / f"{k}.npy", mmap_mode="r") for k in cache_shapes(net.config)}
     cache.mkdir(parents=True, exist_ok=True)
     meta_path.unlink(missing_ok=True)  # an interrupted build must not look complete
     started = time.perf_counter()
@@ -123,7 +124,7 @@ def build_cache(net: ColorNet, paths: list[Path], cache: Path, seed: int,
     grid, half = WORK_PX // GRID_PX, WORK_PX // 2
     arrays = {k: np.lib.format.open_memmap(cache / f"{k}.npy", "w+", np.float16,
                                            (len(paths), *shape(net.config, grid, half)))
-              for k, shape in CACHE_SHAPES.items()}
+              for k, shape in cache_shapes(net.config).items()}
     pool = ThreadPoolExecutor(2)  # decoding and warping release the GIL for the most part
     for start in range(0, len(paths), ENCODE_BATCH):
         chunk = slice(start, min(start + ENCODE_BATCH, len(paths)))
@@ -132,8 +133,11 @@ def build_cache(net: ColorNet, paths: list[Path], cache: Path, seed: int,
         luma_t, ab_t = lab_tensors([t for t, _ in pairs])
         luma_r, ab_r = lab_tensors([r for _, r in pairs])
         with torch.inference_mode():
-            arrays["feat_t"][chunk] = net.project(net.backbone(luma_t, GRID_PX)).half().numpy()
-            arrays["feat_r"][chunk] = net.project(net.backbone(luma_r, GRID_PX)).half().numpy()
+            for side, luma in (("t", luma_t), ("r", luma_r)):
+                features, mid = frozen_features(net, luma)
+                arrays[f"feat_{side}"][chunk] = features.half().numpy()
+                if mid is not None:
+                    arrays[f"mid_{side}"][chunk] = mid.half().numpy()
         arrays["luma_t"][chunk] = luma_t.half().numpy()
         arrays["ab_t"][chunk] = (F.adaptive_avg_pool2d(ab_t, half) / AB_SCALE).half().numpy()
         arrays["luma_r"][chunk] = F.adaptive_avg_pool2d(luma_r, grid).half().numpy()
@@ -145,17 +149,52 @@ def build_cache(net: ColorNet, paths: list[Path], cache: Path, seed: int,
         array.flush()
     meta_path.write_text(json.dumps(meta))
     logger.info("cache of %d pairs built in %.0f s", len(paths), time.perf_counter() - started)
-    return {k: np.load(cache / f"{k}.npy", mmap_mode="r") for k in CACHE_SHAPES}
+    return {k: np.load(cache / f"{k}.npy", mmap_mode="r") for k in cache_shapes(net.config)}
+
+
+def frozen_features(net: ColorNet, luma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What the cache keeps of the backbone for a (B, 1, H, W) luminance batch: the projected
+    hypercolumns, and None; or, when blocks from `tuned_from` on are fine-tuned, the projection
+    of the levels before them only, and the (B, C, h, w) input of block tuned_from."""
+    first = net.config.tuned_from
+    if not first:
+        return net.project(net.backbone(luma, GRID_PX)), None
+    grid = (luma.shape[-2] // GRID_PX, luma.shape[-1] // GRID_PX)
+    levels, mid = net.backbone.levels(net.backbone.stem(luma), grid, range(first))
+    return project_levels(net, levels, 0), mid
+
+
+def tuned_features(net: ColorNet, frozen: torch.Tensor, mid: torch.Tensor | None) -> torch.Tensor:
+    """Projected hypercolumns from the cache: the frozen levels' projection plus that of the
+    fine-tuned blocks' levels, run on the cached input of the first of them (with gradients)."""
+    if mid is None:
+        return frozen
+    grid = tuple(frozen.shape[-2:])
+    blocks = range(net.config.tuned_from, len(net.backbone._blocks))
+    levels, _ = net.backbone.levels(mid, grid, blocks)
+    first_row = hypercolumn_channels(tuple(b for b in net.config.feature_blocks if b < blocks[0]))
+    return frozen + project_levels(net, levels, first_row)
+
+
+def project_levels(net: ColorNet, levels: list[torch.Tensor], first_row: int) -> torch.Tensor:
+    """`net.project` of part of the hypercolumn: tapped levels whose channels start at
+    `first_row` of the basis (the rest counted as zero). Summing over parts gives the whole."""
+    hyper = torch.cat(levels, 1) / len(net.config.feature_blocks) ** 0.5
+    basis = net.feature_proj[first_row : first_row + hyper.shape[1]]
+    return torch.einsum("bchw,cf->bfhw", hyper, basis)
 
 
 def cache_identity(meta: dict) -> dict:
     """What of a cache's meta must match to reuse it: all but the config fields that only the
     learned layers use (a new decoder option must not rebuild 9 GB of backbone features)."""
     config = {k: v for k, v in meta["config"].items() if k in CACHE_CONFIG_FIELDS}
+    if not config.get("tuned_from"):  # caches from before tuned_from existed hold no mid_*
+        config.pop("tuned_from", None)
     return {**meta, "config": config}
 
 
-CACHE_CONFIG_FIELDS = ("feature_blocks", "grid_stride_px", "feature_dims")  # what the cache holds
+# what the cache holds depends on these
+CACHE_CONFIG_FIELDS = ("feature_blocks", "grid_stride_px", "feature_dims", "tuned_from")
 CACHE_SHAPES = {  # name -> (config, grid, half) -> per-pair shape
     "feat_t": lambda c, g, h: (c.feature_dims, g, g),
     "feat_r": lambda c, g, h: (c.feature_dims, g, g),
@@ -166,16 +205,30 @@ CACHE_SHAPES = {  # name -> (config, grid, half) -> per-pair shape
 }
 
 
+def cache_shapes(config: NetConfig) -> dict:
+    """CACHE_SHAPES, plus the input of the first fine-tuned block ("mid_t", "mid_r") if any."""
+    if not config.tuned_from:
+        return CACHE_SHAPES
+    table = block_table()
+    stride = 2 * math.prod(row[1] for row in table[: config.tuned_from])  # the stem halves
+    channels = table[config.tuned_from - 1][4]
+    mid = lambda c, g, h: (channels, WORK_PX // stride, WORK_PX // stride)  # noqa: E731
+    return {**CACHE_SHAPES, "mid_t": mid, "mid_r": mid}
+
+
 def gather(data: dict, targets: np.ndarray, refs: np.ndarray, flip: np.ndarray | None = None):
     """Batch tensors (float32) for target indices and their reference indices."""
     def take(name: str, idx: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.stack([data[name][i] for i in idx]).astype(np.float32))
 
-    batch = {k: take(k, targets) for k in ("feat_t", "luma_t", "ab_t")}
-    batch.update({k: take(k, refs) for k in ("feat_r", "luma_r", "ab_r")})
+    tuned = "mid_t" in data
+    target_keys = ("feat_t", "luma_t", "ab_t") + (("mid_t",) if tuned else ())
+    batch = {k: take(k, targets) for k in target_keys}
+    batch.update({k: take(k, refs) for k in ("feat_r", "luma_r", "ab_r")
+                  + (("mid_r",) if tuned else ())})
     if flip is not None and flip.any():  # mirror some targets (their features approximately)
         rows = torch.from_numpy(flip)
-        for k in ("feat_t", "luma_t", "ab_t"):
+        for k in target_keys:
             batch[k][rows] = batch[k][rows].flip(-1)
     return batch
 
@@ -183,8 +236,10 @@ def gather(data: dict, targets: np.ndarray, refs: np.ndarray, flip: np.ndarray |
 def run_batch(net: ColorNet, batch: dict, crop: tuple[int, int, int, int] | None = None,
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Predicted ab, warped ab and true ab, all (B, 2, 2h, 2w) / AB_SCALE (of the crop)."""
-    reference = net.encode_grid(batch["feat_r"], batch["luma_r"], batch["ab_r"], GRID_PX)
-    pred, warped = net.decode(batch["feat_t"], batch["luma_t"], reference, crop)
+    feat_r = tuned_features(net, batch["feat_r"], batch.get("mid_r"))
+    feat_t = tuned_features(net, batch["feat_t"], batch.get("mid_t"))
+    reference = net.encode_grid(feat_r, batch["luma_r"], batch["ab_r"], GRID_PX)
+    pred, warped = net.decode(feat_t, batch["luma_t"], reference, crop)
     truth = batch["ab_t"]
     if crop is not None:
         top, left, height, width = crop
@@ -217,8 +272,15 @@ def validate(net: ColorNet, data: dict, val_idx: np.ndarray) -> dict[str, float]
             if not prefix:
                 sums["mse"] += F.mse_loss(pred, truth).item() * n
                 sums["mse_warped"] += F.mse_loss(warped, truth).item() * n
-    net.train()
+    train_mode(net)
     return {k: v / len(val_idx) for k, v in sums.items()}
+
+
+def train_mode(net: ColorNet) -> None:
+    """Training mode, except the backbone: its batch norms keep their ImageNet statistics
+    (a batch of 8 pairs is too small to estimate them), fine-tuned blocks included."""
+    net.train()
+    net.backbone.eval()
 
 
 def save_state(path: Path, net, opt, step: int, best: float, best_state, rng) -> None:
@@ -261,6 +323,17 @@ def main(argv: list[str] | None = None) -> int:
                         "neighbourhood consensus in grid cells (NetConfig.consensus_radius)")
     parser.add_argument("--consensus-edge", type=float, default=0.6, help="starting weight of "
                         "the consensus kernel one cell away, relative to the centre, per axis")
+    parser.add_argument("--convex-upsampling", action=argparse.BooleanOptionalAction,
+                        default=True, help="learned convex upsampling of the attention's "
+                        "values to the output (NetConfig.convex_upsampling); off: bilinear")
+    parser.add_argument("--tune-from", type=int, default=0, help="fine-tune the backbone "
+                        "blocks from this index on with the net (NetConfig.tuned_from; the "
+                        "caches then hold the input of that block); 0 = backbone frozen")
+    parser.add_argument("--tune-lr", type=float, default=0.3, help="learning rate of the "
+                        "fine-tuned backbone blocks, relative to --lr")
+    parser.add_argument("--new-lr", type=float, default=10.0, help="with --init: learning "
+                        "rate of the layers the checkpoint lacks (zero-initialised, they must "
+                        "move far within a fine-tune), relative to --lr")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
@@ -275,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
 
     net = ColorNet(NetConfig(kind="net", feature_blocks=NET_FEATURE_BLOCKS,
                              consensus_radius=args.consensus,
-                             consensus_edge=args.consensus_edge))
+                             consensus_edge=args.consensus_edge, tuned_from=args.tune_from,
+                             convex_upsampling=args.convex_upsampling))
     net.backbone.load_state_dict(load_model("match", device="cpu").backbone.state_dict())
     paths = sorted(p for p in args.data.iterdir() if p.suffix.lower() in (".jpg", ".png"))
     pair_sets = [build_cache(net, paths, args.run / "cache", args.seed)]
@@ -288,17 +362,34 @@ def main(argv: list[str] | None = None) -> int:
                                      args.seed + 100 + k, basis, strength=2.0))
     # Into RAM (random access); pair i of set k is row k * n + i. Only set 0 is validated, so
     # the validation numbers stay comparable whatever --pairs is.
-    data = {k: np.concatenate([s[k] for s in pair_sets]) for k in CACHE_SHAPES}
+    data = {k: np.concatenate([s[k] for s in pair_sets]) for k in cache_shapes(net.config)}
     val_idx = np.arange(len(paths))[::VAL_EVERY]
     photo_of_row = np.arange(len(paths) * len(pair_sets)) % len(paths)
     train_idx = np.flatnonzero(~np.isin(photo_of_row, val_idx))
     logger.info("%d training pairs (%d per photo), %d held out", len(train_idx), len(pair_sets),
                 len(val_idx))
 
-    trainable = [p for n, p in net.named_parameters() if not n.startswith("backbone.")]
+    new_layers = set()  # with --init (repeat it with --resume): parameters the checkpoint lacks
+    if args.init is not None:
+        state = torch.load(args.init, map_location="cpu", weights_only=True)["state_dict"]
+        new_layers = {n for n, _ in net.named_parameters()
+                      if n not in state and not n.startswith("backbone.")}
+    trainable = [p for n, p in net.named_parameters()
+                 if not n.startswith("backbone.") and n not in new_layers]
+    fresh = [p for n, p in net.named_parameters() if n in new_layers]
     net.backbone.requires_grad_(False)
-    logger.info("trainable parameters: %d", sum(p.numel() for p in trainable))
-    opt = torch.optim.Adam(trainable, lr=args.lr)
+    tuned = list(net.backbone._blocks[args.tune_from :].parameters()) if args.tune_from else []
+    for param in tuned:
+        param.requires_grad_(True)
+    logger.info("trainable parameters: %d (+ %d in fine-tuned backbone blocks)",
+                sum(p.numel() for p in trainable + fresh), sum(p.numel() for p in tuned))
+    groups = [{"params": trainable, "lr_scale": 1.0}]
+    if fresh:
+        logger.info("new layers at %g x lr: %s", args.new_lr, ", ".join(sorted(new_layers)))
+        groups.append({"params": fresh, "lr_scale": args.new_lr})
+    if tuned:
+        groups.append({"params": tuned, "lr_scale": args.tune_lr})
+    opt = torch.optim.Adam(groups, lr=args.lr)
     step, best, best_state = 0, math.inf, None
     state_path = args.run / "last.pt"
     if args.resume and state_path.is_file():
@@ -313,18 +404,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.init is not None:
             state = torch.load(args.init, map_location="cpu", weights_only=True)["state_dict"]
             missing = net.load_state_dict(state, strict=False).missing_keys
-            # a checkpoint from before the consensus: its kernel starts from --consensus-edge
-            assert all(k.startswith("backbone.") or k == "consensus" for k in missing), missing
+            # a checkpoint from before the consensus (its kernel starts from --consensus-edge)
+            # or the convex upsampling (it starts as bilinear, nearly)
+            assert all(k.startswith(("backbone.", "decoder.select.")) or k == "consensus"
+                       for k in missing), missing
+            # its backbone keys (none, or its own fine-tuned blocks) override the ImageNet ones
             logger.info("weights from %s", args.init)
         logger.info("val at init: %s", fmt(validate(net, data, val_idx)))
-    net.train()
+    train_mode(net)
     started, first_step = time.perf_counter(), step
     grid = WORK_PX // GRID_PX
     running = np.zeros(2)
     while step < args.steps:
         lr = args.lr * 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         targets = rng.choice(train_idx, args.batch, replace=False)
         refs = targets.copy()
         swap = rng.random(args.batch) < args.unrelated

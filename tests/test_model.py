@@ -46,6 +46,8 @@ def smooth_luma(height: int, width: int, seed: int = 0) -> torch.Tensor:
         {"match_dims": -1},
         {"consensus_radius": 4},
         {"consensus_edge": 0.0},
+        {"tuned_from": 5},  # the training-free matcher has nothing to fine-tune
+        {"kind": "net", "tuned_from": 15},  # past the deepest tapped block
     ],
 )
 def test_netconfig_rejects_bad_values(bad):
@@ -84,6 +86,20 @@ def test_backbone_hypercolumns_are_normalised_levels_on_the_grid(net):
     # Resampled coarser levels can only be shorter: the total norm is at most 1.
     assert features.norm(dim=1).max().item() <= 1.0 + 1e-4
     assert features.norm(dim=1).mean().item() > 0.8
+
+
+def test_backbone_in_two_parts_equals_the_whole(net):
+    """Training caches the frozen first blocks' output and runs only the fine-tuned rest:
+    the two parts' levels are the whole hypercolumn's, in order."""
+    luma = smooth_luma(64, 96)
+    backbone = net.backbone
+    with torch.no_grad():
+        whole = backbone(luma, 4)
+        first, mid = backbone.levels(backbone.stem(luma), (16, 24), range(5))
+        rest, _ = backbone.levels(mid, (16, 24), range(5, len(backbone._blocks)))
+    assert [len(level[0]) for level in first + rest] == [24, 40, 112, 112, 192]
+    parts = torch.cat(first + rest, 1) / len(backbone.feature_blocks) ** 0.5
+    torch.testing.assert_close(parts, whole, rtol=0, atol=1e-6)
 
 
 def test_backbone_features_see_structure(net):
@@ -207,6 +223,28 @@ def test_untrained_colornet_returns_the_warped_ab_exactly():
         features = net.project(net.backbone(smooth_luma(64, 64, seed=2), 4))
         predicted, warped = net.decode(features, smooth_luma(64, 64, seed=2), reference)
     assert torch.equal(predicted, warped) and warped.abs().mean().item() > 0.01
+
+
+def test_convex_upsampling_starts_bilinear_and_can_pick_one_cell(monkeypatch):
+    """Zero logits give the prior: bilinear weights (exactly so without the floor); a strong
+    logit takes a pixel's values from one of the 3 x 3 cells around, e.g. across an edge."""
+    gen = torch.Generator().manual_seed(0)
+    values = torch.randn(2, 5, 6, 7, generator=gen, dtype=torch.float64)
+    zero = torch.zeros(2, 9, 12, 14, dtype=torch.float64)
+    bilinear = F.interpolate(values, size=(12, 14), mode="bilinear", align_corners=False)
+    floor = model_module.CONVEX_PRIOR_FLOOR  # each of the 9 cells gets floor on top
+    cell_sums = 9 * F.avg_pool2d(F.pad(values, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    cell_sums = cell_sums.repeat_interleave(2, 2).repeat_interleave(2, 3)
+    torch.testing.assert_close(model_module._Decoder.upsample(values, zero),
+                               (bilinear + floor * cell_sums) / (1 + 9 * floor))
+    logits = torch.full_like(zero, -100.0)
+    logits[:, 5] = 100.0  # the cell to the right (row-major 3 x 3: index 5 = row 0, column +1)
+    picked = model_module._Decoder.upsample(values, logits)
+    right = F.pad(values, (0, 1, 0, 0), mode="replicate")[..., 1:]
+    expected = right.repeat_interleave(2, 2).repeat_interleave(2, 3)
+    torch.testing.assert_close(picked, expected)
+    monkeypatch.setattr(model_module, "CONVEX_PRIOR_FLOOR", 0.0)
+    torch.testing.assert_close(model_module._Decoder.upsample(values, zero), bilinear)
 
 
 def test_attention_confidence_values_and_the_chunked_path(monkeypatch):

@@ -109,17 +109,42 @@ def test_checkpoints_leave_out_the_frozen_backbone(model, tmp_path):
 
 
 def test_checkpoint_from_before_the_consensus_loads_without_it(tmp_path):
-    """A config saved before consensus_radius existed means no consensus, whatever today's
-    default is; the shipped net has its learned kernel."""
+    """A config saved before consensus_radius (or convex_upsampling) existed means no
+    consensus (bilinear upsampling), whatever today's default is; the shipped net has its
+    learned kernel."""
     net = load_model("net", device="cpu")
     assert net.config.consensus_radius == 2 and net.consensus.shape == (2, 5)
-    old = ColorNet(dataclasses.replace(net.config, consensus_radius=0))
+    old = ColorNet(dataclasses.replace(net.config, consensus_radius=0, convex_upsampling=False))
     config = dataclasses.asdict(old.config)
-    del config["consensus_radius"], config["consensus_edge"]
+    del config["consensus_radius"], config["consensus_edge"], config["convex_upsampling"]
     state = {k: v for k, v in old.state_dict().items() if not k.startswith("backbone.")}
+    state = {k: v for k, v in state.items() if not k.startswith("decoder.select.")}
     torch.save({"config": config, "state_dict": state}, tmp_path / "old.pt")
     loaded = load_model(tmp_path / "old.pt", device="cpu")
     assert loaded.config.consensus_radius == 0 and not hasattr(loaded, "consensus")
+    assert not loaded.config.convex_upsampling and not hasattr(loaded.decoder, "select")
+
+
+def test_checkpoint_keeps_the_fine_tuned_backbone_blocks_only(tmp_path):
+    """With tuned_from, the blocks from there on are ours and travel in the checkpoint; the
+    earlier ones still come from the package, hash-checked."""
+    shipped = load_model("net", device="cpu")
+    net = ColorNet(dataclasses.replace(shipped.config, tuned_from=10))
+    net.load_state_dict(shipped.state_dict())
+    with torch.no_grad():
+        net.backbone._blocks[12]._project_conv.weight.mul_(1.5)
+    path = save_checkpoint(net, tmp_path / "tuned.pt")
+    saved = torch.load(path, weights_only=True)["state_dict"]
+    blocks = {int(k.split(".")[2]) for k in saved if k.startswith("backbone.")}
+    assert blocks == set(range(10, 15))
+    loaded = load_model(path, device="cpu")
+    assert loaded.config.tuned_from == 10
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+    del saved["backbone._blocks.12._project_conv.weight"]  # a fine-tuned block is not optional
+    torch.save({"config": dataclasses.asdict(net.config), "state_dict": saved}, path)
+    with pytest.raises(WeightsError, match="1 missing"):
+        load_model(path)
 
 
 @pytest.mark.parametrize(

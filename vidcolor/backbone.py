@@ -118,15 +118,30 @@ class Backbone(nn.Module):
             counts less there.
         """
         grid = (luma.shape[-2] // grid_stride_px, luma.shape[-1] // grid_stride_px)
+        levels, _ = self.levels(self.stem(luma), grid, range(len(self._blocks)))
+        return torch.cat(levels, dim=1) / len(self.feature_blocks) ** 0.5
+
+    def stem(self, luma: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) luminance in [0, 1] -> the input of block 0 (stride 2)."""
         x = ((luma - INPUT_MEAN) / INPUT_STD).expand(-1, 3, -1, -1)
         x = x.contiguous(memory_format=torch.channels_last)
-        x = F.relu6(self._bn0(self._conv_stem(_same_pad(x, 3, 2))))
+        return F.relu6(self._bn0(self._conv_stem(_same_pad(x, 3, 2))))
+
+    def levels(
+        self, x: torch.Tensor, grid: tuple[int, int], blocks: range
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Run `blocks` (consecutive) on `x`, the input of the first of them.
+
+        Returns the tapped levels among them, each L2-normalised over its channels and
+        resampled to `grid`, and the last block's output. Training runs the frozen first blocks
+        once and caches their output, to fine-tune only the later ones (`NetConfig.tuned_from`).
+        """
         levels = []
-        for i, block in enumerate(self._blocks):
-            x = block(x)
+        for i in blocks:
+            x = self._blocks[i](x)
             if i in self.feature_blocks:
                 levels.append(_to_grid(F.normalize(x, dim=1), grid))
-        return torch.cat(levels, dim=1) / len(levels) ** 0.5
+        return levels, x
 
 
 def _to_grid(features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

@@ -50,6 +50,13 @@ class NetConfig:
     # weight of the logit one cell away in the consensus, relative to the centre's, per axis
     # (edge ** |offset|: the matcher's kernel; ColorNet learns its own from this start)
     consensus_edge: float = 0.4
+    # first backbone block fine-tuned with the net (kind "net"; those blocks' weights are in its
+    # checkpoint, the earlier ones stay the ImageNet weights); 0 = the whole backbone frozen
+    tuned_from: int = 0
+    # kind "net": its half-resolution output takes the attention's values as a learned convex
+    # mix of the 3 x 3 grid cells around (RAFT's convex upsampling: a colour edge between two
+    # cells stays sharp) instead of bilinear; False in checkpoints from before it
+    convex_upsampling: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "feature_blocks", tuple(int(b) for b in self.feature_blocks))
@@ -81,6 +88,13 @@ class NetConfig:
             )
         if not self.consensus_edge > 0.0:
             raise OptionsError(f"NetConfig.consensus_edge must be > 0, got {self.consensus_edge}")
+        if self.tuned_from and not (
+            self.kind == "net" and 0 < self.tuned_from <= max(self.feature_blocks)
+        ):
+            raise OptionsError(
+                f"NetConfig.tuned_from must be 0 or, for kind 'net', a block index in "
+                f"[1, {max(self.feature_blocks)}], got {self.tuned_from}"
+            )
         if self.key_dims > self.feature_dims:
             raise OptionsError(
                 f"NetConfig.key_dims must be <= feature_dims ({self.feature_dims}), "
@@ -275,8 +289,10 @@ class ColorNet(nn.Module):
     attended reference positions are from preferring this target position above all others,
     Deep Exemplar's bidirectional similarity). A small U-Net (strides 4, 8, 2), conditioned on
     an embedding of the reference's ab histogram, predicts at stride 2 a gain g and a residual
-    r: ab = warped * (1 + g) + r. The last layer is zero-initialised, so an untrained ColorNet
-    returns the warped ab exactly.
+    r: ab = warped * (1 + g) + r, where `warped` reaches stride 2 by a learned convex
+    upsampling (`_Decoder.upsample`, with `convex_upsampling`). The last layers are
+    zero-initialised, so an untrained ColorNet returns the warped ab exactly (upsampled
+    bilinearly, nearly).
     """
 
     def __init__(self, config: NetConfig | None = None) -> None:
@@ -382,7 +398,8 @@ class ColorNet(nn.Module):
 
         Returns:
             Predicted ab / AB_SCALE, (B, 2, 2h, 2w) float (of the crop), and the warped
-            reference values (B, 2 + k, 2h, 2w): ab / AB_SCALE, then the carried channels.
+            reference values (B, 2 + k, 2h, 2w): ab / AB_SCALE, then the carried channels,
+            upsampled from the grid (`_Decoder.upsample`).
         """
         batch, _, height, width = features.shape
         luma_grid = F.adaptive_avg_pool2d(target_luma, (height, width))  # (B, 1, h, w)
@@ -419,11 +436,7 @@ class ColorNet(nn.Module):
         warped = warped.transpose(1, 2).reshape(batch, -1, height, width)  # (B, 2 + k, h, w)
         confidence = confidence.transpose(1, 2).reshape(batch, 3, height, width)
         palette = reference.palette.expand(batch, -1)
-        size = (2 * height, 2 * width)
-        warped2 = F.interpolate(warped, size=size, mode="bilinear", align_corners=False)
-        predicted = self.decoder(features, luma_grid, target_luma, warped[:, :2],
-                                 warped2[:, :2], confidence, palette)
-        return predicted, warped2
+        return self.decoder(features, luma_grid, target_luma, warped, confidence, palette)
 
     def _check_stride(self, grid_stride_px: int | None) -> int:
         stride = self.config.grid_stride_px
@@ -697,17 +710,25 @@ class _Decoder(nn.Module):
         self.up = _conv(wide + width, width)
         self.fine = nn.Sequential(_conv(width + 3, narrow), _conv(narrow, narrow))
         self.out = nn.Conv2d(narrow, 3, 3, padding=1)
+        if cfg.convex_upsampling:  # logits of the 3 x 3 cells each half-resolution pixel mixes,
+            # from the decoder's features and the pixel's lightness gaps to those cells
+            self.select = nn.Conv2d(narrow + 9, 9, 3, padding=1)
         for module in self.modules():  # He init: PyTorch's default shrinks ReLU stacks ~6x a layer
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
                 nn.init.zeros_(module.bias)
-        nn.init.zeros_(self.out.weight)  # starts as the warped ab exactly
-        nn.init.zeros_(self.out.bias)
+        last = (self.out, self.select) if cfg.convex_upsampling else (self.out,)
+        for layer in last:  # starts as the (bilinear, nearly) warped ab exactly
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
-    def forward(self, features, luma_grid, target_luma, warped, warped2, confidence, palette):
-        """Args: (B, F, h, w), (B, 1, h, w), (B, 1, 4h, 4w), (B, 2, h, w) ab / AB_SCALE and
-        the same at (2h, 2w), (B, 3, h, w), (B, P). Returns predicted ab / AB_SCALE,
-        (B, 2, 2h, 2w)."""
+    def forward(self, features, luma_grid, target_luma, values, confidence, palette):
+        """Args: (B, F, h, w), (B, 1, h, w), (B, 1, 4h, 4w), (B, 2 + k, h, w) warped values
+        (ab / AB_SCALE, then carried channels), (B, 3, h, w), (B, P). Returns predicted ab /
+        AB_SCALE (B, 2, 2h, 2w) and the values upsampled to (2h, 2w) (`upsample`)."""
+        warped = values[:, :2]
+        size = (2 * values.shape[-2], 2 * values.shape[-1])
+        warped2 = F.interpolate(values, size=size, mode="bilinear", align_corners=False)
         x4 = self.enter(torch.cat([features, warped, confidence, luma_grid], 1))
         x8 = self.down(F.avg_pool2d(x4, 2))  # (B, wide, h/2, w/2)
         # Whether the reference fits this image at all is a global question: the mean and
@@ -719,6 +740,51 @@ class _Decoder(nn.Module):
         size = (2 * x4.shape[-2], 2 * x4.shape[-1])
         luma2 = F.adaptive_avg_pool2d(target_luma, size)
         x2 = F.interpolate(x4, size=size, mode="bilinear", align_corners=False)
-        x2 = self.fine(torch.cat([x2, luma2, warped2], 1))
+        x2 = self.fine(torch.cat([x2, luma2, warped2[:, :2]], 1))
+        if hasattr(self, "select"):
+            gaps = _lightness_gaps(luma_grid, luma2)
+            warped2 = self.upsample(values, self.select(torch.cat([x2, gaps], 1)))
         gain, residual = self.out(x2).split([1, 2], 1)
-        return warped2 * (1.0 + gain) + residual
+        return warped2[:, :2] * (1.0 + gain) + residual, warped2
+
+    @staticmethod
+    def upsample(values: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Convex upsampling (Teed & Deng 2020, RAFT) of (B, V, h, w) grid values to
+        (B, V, 2h, 2w): each output pixel is a softmax(logits + prior)-weighted mix of the 3 x 3
+        cells around its own. The prior is log(bilinear weight + CONVEX_PRIOR_FLOOR), so zero
+        logits give bilinear upsampling (plus a little of the far cells); learned logits can
+        take each pixel from the side of a colour edge its lightness belongs to.
+
+        Args: values; logits (B, 9, 2h, 2w), the cells row-major."""
+        prior = _bilinear_prior(logits.dtype, logits.device).repeat(1, *values.shape[-2:])
+        weights = (logits + prior).softmax(1).unsqueeze(1)  # (B, 1, 9, 2h, 2w)
+        return (_cells_around(values) * weights).sum(2)
+
+
+CONVEX_PRIOR_FLOOR = 0.01  # weight floor of the convex upsampling's prior (see `upsample`)
+LIGHTNESS_GAP_SCALE = 100.0  # (luminance difference)^2 -> convex upsampling input, ~[0, 10]
+
+
+def _lightness_gaps(luma_grid: torch.Tensor, luma2: torch.Tensor) -> torch.Tensor:
+    """(B, 9, 2h, 2w): squared difference of each half-resolution pixel's luminance (luma2,
+    (B, 1, 2h, 2w)) to the mean luminance of each of the 3 x 3 grid cells around its own
+    (luma_grid, (B, 1, h, w)), scaled. A pixel on the dark side of an edge is closest to the
+    dark cells: the cue of joint bilateral upsampling, an input of the learned one."""
+    return (luma2 - _cells_around(luma_grid)[:, 0]).square() * LIGHTNESS_GAP_SCALE
+
+
+def _cells_around(grid: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C, 9, 2h, 2w): for each half-resolution pixel, the values of the 3 x 3
+    grid cells around its own, row-major (edge cells repeated at the border)."""
+    batch, channels, height, width = grid.shape
+    cells = F.unfold(F.pad(grid, (1, 1, 1, 1), mode="replicate"), 3)  # (B, C * 9, h * w)
+    cells = cells.view(batch, channels, 9, height, width)
+    return cells.repeat_interleave(2, 3).repeat_interleave(2, 4)
+
+
+def _bilinear_prior(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(9, 2, 2) log prior of `_Decoder.upsample`: the bilinear weights (align_corners False)
+    of the 3 x 3 cells for the four half-resolution pixels of a cell."""
+    sides = torch.tensor([[0.25, 0.75, 0.0], [0.0, 0.75, 0.25]], dtype=dtype, device=device)
+    weights = sides[:, None, :, None] * sides[None, :, None, :]  # (2, 2, 3, 3): y, x, cells
+    return (weights + CONVEX_PRIOR_FLOOR).log().flatten(2).permute(2, 0, 1).contiguous()

