@@ -179,9 +179,7 @@ def tuned_features(net: ColorNet, frozen: torch.Tensor, mid: torch.Tensor | None
 def project_levels(net: ColorNet, levels: list[torch.Tensor], first_row: int) -> torch.Tensor:
     """`net.project` of part of the hypercolumn: tapped levels whose channels start at
     `first_row` of the basis (the rest counted as zero). Summing over parts gives the whole."""
-    hyper = torch.cat(levels, 1) / len(net.config.feature_blocks) ** 0.5
-    basis = net.feature_proj[first_row : first_row + hyper.shape[1]]
-    return torch.einsum("bchw,cf->bfhw", hyper, basis)
+    return net.project(torch.cat(levels, 1) / len(net.config.feature_blocks) ** 0.5, first_row)
 
 
 def cache_identity(meta: dict) -> dict:
@@ -369,11 +367,11 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("%d training pairs (%d per photo), %d held out", len(train_idx), len(pair_sets),
                 len(val_idx))
 
-    new_layers = set()  # with --init (repeat it with --resume): parameters the checkpoint lacks
-    if args.init is not None:
-        state = torch.load(args.init, map_location="cpu", weights_only=True)["state_dict"]
-        new_layers = {n for n, _ in net.named_parameters()
-                      if n not in state and not n.startswith("backbone.")}
+    init_state = {} if args.init is None else torch.load(
+        args.init, map_location="cpu", weights_only=True)["state_dict"]
+    # with --init (repeat it with --resume): the parameters the checkpoint lacks
+    new_layers = {n for n, _ in net.named_parameters()
+                  if init_state and n not in init_state and not n.startswith("backbone.")}
     trainable = [p for n, p in net.named_parameters()
                  if not n.startswith("backbone.") and n not in new_layers]
     fresh = [p for n, p in net.named_parameters() if n in new_layers]
@@ -402,8 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("resumed at step %d (best val %.5f)", step, best)
     else:
         if args.init is not None:
-            state = torch.load(args.init, map_location="cpu", weights_only=True)["state_dict"]
-            missing = net.load_state_dict(state, strict=False).missing_keys
+            missing = net.load_state_dict(init_state, strict=False).missing_keys
             # a checkpoint from before the consensus (its kernel starts from --consensus-edge)
             # or the convex upsampling (it starts as bilinear, nearly)
             assert all(k.startswith(("backbone.", "decoder.select.")) or k == "consensus"

@@ -340,9 +340,13 @@ class ColorNet(nn.Module):
             ab = torch.cat([ab, F.adaptive_avg_pool2d(carry, grid)], 1)
         return self.encode_grid(features, luma, ab, stride)
 
-    def project(self, hypercolumns: torch.Tensor) -> torch.Tensor:
-        """(B, C, h, w) backbone hypercolumns -> (B, F, h, w) on the fixed PCA basis."""
-        return torch.einsum("bchw,cf->bfhw", hypercolumns, self.feature_proj)
+    def project(self, hypercolumns: torch.Tensor, first_row: int = 0) -> torch.Tensor:
+        """(B, C, h, w) backbone hypercolumns -> (B, F, h, w) on the fixed PCA basis.
+
+        `first_row` > 0 projects part of a hypercolumn: channels first_row .. first_row + C of
+        it, the rest counted as zero (training sums frozen and fine-tuned levels so)."""
+        basis = self.feature_proj[first_row : first_row + hypercolumns.shape[1]]
+        return torch.einsum("bchw,cf->bfhw", hypercolumns, basis)
 
     def encode_grid(
         self, features: torch.Tensor, luma: torch.Tensor, ab: torch.Tensor, stride: int
@@ -728,7 +732,9 @@ class _Decoder(nn.Module):
         AB_SCALE (B, 2, 2h, 2w) and the values upsampled to (2h, 2w) (`upsample`)."""
         warped = values[:, :2]
         size = (2 * values.shape[-2], 2 * values.shape[-1])
-        warped2 = F.interpolate(values, size=size, mode="bilinear", align_corners=False)
+        convex = hasattr(self, "select")  # then only ab is needed bilinear, as an input
+        warped2 = F.interpolate(warped if convex else values, size=size, mode="bilinear",
+                                align_corners=False)
         x4 = self.enter(torch.cat([features, warped, confidence, luma_grid], 1))
         x8 = self.down(F.avg_pool2d(x4, 2))  # (B, wide, h/2, w/2)
         # Whether the reference fits this image at all is a global question: the mean and
@@ -741,7 +747,7 @@ class _Decoder(nn.Module):
         luma2 = F.adaptive_avg_pool2d(target_luma, size)
         x2 = F.interpolate(x4, size=size, mode="bilinear", align_corners=False)
         x2 = self.fine(torch.cat([x2, luma2, warped2[:, :2]], 1))
-        if hasattr(self, "select"):
+        if convex:
             gaps = _lightness_gaps(luma_grid, luma2)
             warped2 = self.upsample(values, self.select(torch.cat([x2, gaps], 1)))
         gain, residual = self.out(x2).split([1, 2], 1)

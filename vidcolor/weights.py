@@ -31,7 +31,8 @@ _REGISTRY: dict[str, NetConfig] = {"match": NetConfig(kind="match"), "net": NetC
 _SHIPPED: dict[str, tuple[str, str]] = {
     "net": ("colornet.pt", "f4ec93bab84eaefd4d1dd4dc5b533d4f77d23b68db5c3d05fbc4e998e00449ab"),
 }
-_BACKBONE_KEYS = "backbone."  # state-dict prefix of the frozen backbone, never in checkpoints
+_BACKBONE_KEYS = "backbone."  # state-dict prefix of the backbone: in checkpoints only its
+# fine-tuned blocks (`_is_trained`)
 MODEL_DIR_ENV = "VIDCOLOR_MODEL_DIR"  # optional folder searched first for the shipped files
 
 
