@@ -324,6 +324,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--convex-upsampling", action=argparse.BooleanOptionalAction,
                         default=True, help="learned convex upsampling of the attention's "
                         "values to the output (NetConfig.convex_upsampling); off: bilinear")
+    parser.add_argument("--carried-lightness", action=argparse.BooleanOptionalAction,
+                        default=True, help="the attention carries the reference's lightness "
+                        "to the decoder and the convex upsampling (NetConfig.carried_lightness)")
+    parser.add_argument("--lightness-regression", action=argparse.BooleanOptionalAction,
+                        default=True, help="each grid cell's colour follows the pixel's "
+                        "lightness along the attention's regression of ab on lightness "
+                        "(NetConfig.lightness_regression)")
     parser.add_argument("--tune-from", type=int, default=0, help="fine-tune the backbone "
                         "blocks from this index on with the net (NetConfig.tuned_from; the "
                         "caches then hold the input of that block); 0 = backbone frozen")
@@ -347,7 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     net = ColorNet(NetConfig(kind="net", feature_blocks=NET_FEATURE_BLOCKS,
                              consensus_radius=args.consensus,
                              consensus_edge=args.consensus_edge, tuned_from=args.tune_from,
-                             convex_upsampling=args.convex_upsampling))
+                             convex_upsampling=args.convex_upsampling,
+                             carried_lightness=args.carried_lightness,
+                             lightness_regression=args.lightness_regression))
     net.backbone.load_state_dict(load_model("match", device="cpu").backbone.state_dict())
     paths = sorted(p for p in args.data.iterdir() if p.suffix.lower() in (".jpg", ".png"))
     pair_sets = [build_cache(net, paths, args.run / "cache", args.seed)]
@@ -401,10 +410,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if args.init is not None:
             missing = net.load_state_dict(init_state, strict=False).missing_keys
-            # a checkpoint from before the consensus (its kernel starts from --consensus-edge)
-            # or the convex upsampling (it starts as bilinear, nearly)
-            assert all(k.startswith(("backbone.", "decoder.select.")) or k == "consensus"
-                       for k in missing), missing
+            # a checkpoint from before the consensus (its kernel starts from --consensus-edge),
+            # the convex upsampling (it starts as bilinear, nearly) or the carried lightness
+            assert all(k.startswith(("backbone.", "decoder.select", "decoder.enter_carried"))
+                       or k == "consensus" for k in missing), missing
             # its backbone keys (none, or its own fine-tuned blocks) override the ImageNet ones
             logger.info("weights from %s", args.init)
         logger.info("val at init: %s", fmt(validate(net, data, val_idx)))

@@ -124,21 +124,27 @@ def test_matchnet_shapes(net):
 
 def test_carried_values_travel_with_the_colours(net):
     """`carry` channels are pooled and warped by the same attention as ab: carrying ab itself
-    gives back the matcher's ab exactly, for MatchNet and (before its decoder) ColorNet."""
+    gives back the matcher's ab exactly, for MatchNet and (before its decoder, without the
+    lightness regression, which moves ab only) ColorNet."""
     ref_luma, ref_ab = smooth_luma(64, 96), torch.randn(1, 2, 64, 96) * 20
     target = smooth_luma(48, 80, seed=1).expand(2, -1, -1, -1)
     learned = load_model("net", device="cpu")
+    plain = ColorNet(dataclasses.replace(learned.config, lightness_regression=False)).eval()
+    plain.load_state_dict(learned.state_dict())
     with torch.inference_mode():
         out = net(target, net.encode_reference(ref_luma, ref_ab, carry=ref_ab))
         reference = learned.encode_reference(ref_luma, ref_ab, carry=ref_ab)
         features = learned.project(learned.backbone(target, 4))
-        _, warped = learned.decode(features, target, reference)
+        warped, warped_plain = (model.decode(features, target, reference)[1]
+                                for model in (learned, plain))
         net_out = learned(target, reference)
     assert out.shape == (2, 4, 12, 20)
     torch.testing.assert_close(out[:, 2:], out[:, :2], atol=1e-3, rtol=0)
     assert net_out.shape == (2, 4, 24, 40) and warped.shape == (2, 4, 24, 40)
-    torch.testing.assert_close(warped[:, 2:], warped[:, :2] * model_module.AB_SCALE,
+    torch.testing.assert_close(warped_plain[:, 2:], warped_plain[:, :2] * model_module.AB_SCALE,
                                atol=1e-3, rtol=0)
+    torch.testing.assert_close(warped[:, 2:], warped_plain[:, 2:])
+    assert (warped[:, :2] - warped_plain[:, :2]).abs().max() > 1e-3  # the regression moved ab
     torch.testing.assert_close(net_out[:, 2:], warped[:, 2:])
     assert reference.palette.shape == (1, learned.config.palette_bins ** 2 + 4)
 
@@ -198,6 +204,10 @@ def test_netconfig_rejects_bad_net_fields():
         NetConfig(kind="net", feature_dims=16, key_dims=32)
     with pytest.raises(OptionsError, match="width"):
         NetConfig(kind="net", width=1)
+    with pytest.raises(OptionsError, match="carried_lightness needs convex_upsampling"):
+        NetConfig(kind="net", convex_upsampling=False)
+    with pytest.raises(OptionsError, match="lightness_regression needs carried_lightness"):
+        NetConfig(kind="net", carried_lightness=False)
 
 
 def test_colornet_shapes_and_its_own_grid_only():
@@ -206,7 +216,7 @@ def test_colornet_shapes_and_its_own_grid_only():
         reference = net.encode_reference(smooth_luma(64, 96), torch.randn(1, 2, 64, 96) * 20)
         ab = net(smooth_luma(48, 80, seed=1).expand(3, -1, -1, -1), reference)
     assert reference.keys.shape == (1, 16 * 24, TINY_NET.key_dims + 3)
-    assert reference.values.shape == (1, 16 * 24, 2)
+    assert reference.values.shape == (1, 16 * 24, 6)  # ab, then the lightness moments
     assert reference.palette.shape == (1, TINY_NET.palette_bins**2 + 4)
     assert ab.shape == (3, 2, 24, 40) and ab.dtype == torch.float32
     with pytest.raises(OptionsError, match="grid_stride_px"):
@@ -235,16 +245,91 @@ def test_convex_upsampling_starts_bilinear_and_can_pick_one_cell(monkeypatch):
     floor = model_module.CONVEX_PRIOR_FLOOR  # each of the 9 cells gets floor on top
     cell_sums = 9 * F.avg_pool2d(F.pad(values, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
     cell_sums = cell_sums.repeat_interleave(2, 2).repeat_interleave(2, 3)
-    torch.testing.assert_close(model_module._Decoder.upsample(values, zero),
+    cells = model_module._cells_around(values)
+    torch.testing.assert_close(model_module._Decoder.upsample(cells, zero),
                                (bilinear + floor * cell_sums) / (1 + 9 * floor))
     logits = torch.full_like(zero, -100.0)
     logits[:, 5] = 100.0  # the cell to the right (row-major 3 x 3: index 5 = row 0, column +1)
-    picked = model_module._Decoder.upsample(values, logits)
+    picked = model_module._Decoder.upsample(cells, logits)
     right = F.pad(values, (0, 1, 0, 0), mode="replicate")[..., 1:]
     expected = right.repeat_interleave(2, 2).repeat_interleave(2, 3)
     torch.testing.assert_close(picked, expected)
     monkeypatch.setattr(model_module, "CONVEX_PRIOR_FLOOR", 0.0)
-    torch.testing.assert_close(model_module._Decoder.upsample(values, zero), bilinear)
+    torch.testing.assert_close(model_module._Decoder.upsample(cells, zero), bilinear)
+
+
+def test_carried_lightness_layers_start_at_zero():
+    """The carried-lightness layers start at zero: on a reference of one lightness (nothing to
+    regress on) a net with them gives what a net without gives. The decoder never returns
+    the moments."""
+    torch.manual_seed(0)
+    without = ColorNet(dataclasses.replace(TINY_NET, carried_lightness=False,
+                                           lightness_regression=False)).eval()
+    net = ColorNet(TINY_NET).eval()
+    missing = net.load_state_dict(without.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["decoder.enter_carried.weight", "decoder.select_carried.weight"]
+    with torch.no_grad():
+        for name in ("out", "select"):  # trained-looking, non-zero
+            weight = net.decoder.get_submodule(name).weight.normal_(0.0, 0.3)
+            without.decoder.get_submodule(name).weight.copy_(weight)
+    ref_luma, ref_ab = torch.full((1, 1, 64, 64), 0.5), torch.randn(1, 2, 64, 64) * 20
+    target = smooth_luma(64, 64, seed=3)
+    with torch.inference_mode():
+        outputs = [model(target, model.encode_reference(ref_luma, ref_ab,
+                                                        carry=ref_luma.expand(-1, 3, -1, -1)))
+                   for model in (without, net)]
+    assert outputs[1].shape == (1, 5, 32, 32)  # ab and the 3 carried channels, no luminance
+    torch.testing.assert_close(outputs[1], outputs[0])
+
+
+def test_convex_upsampling_follows_the_carried_lightness():
+    """With a strong negative weight on the carried-lightness gaps, each half-resolution pixel
+    takes its colour from the one of the 3 x 3 cells around whose colour came with the
+    lightness nearest its own (the target's own cell lightness plays no part here)."""
+    torch.manual_seed(0)
+    decoder = ColorNet(TINY_NET).decoder.eval()
+    with torch.no_grad():
+        decoder.select_carried.weight[:, :, 1, 1] = -1e3 * torch.eye(9)
+    gen = torch.Generator().manual_seed(1)
+    levels = torch.randperm(42, generator=gen).float().view(1, 1, 6, 7) / 42  # all distinct
+    ab = torch.randn(1, 2, 6, 7, generator=gen)
+    centred = levels - 0.5  # each cell attends to one reference lightness: slope 0
+    values = torch.cat([ab, centred, ab * centred, centred.square()], 1)
+    cells = model_module._cells_around(torch.cat([ab, levels], 1))  # (1, 3, 9, 12, 14)
+    chosen = torch.randint(0, 9, (1, 1, 1, 12, 14), generator=gen)  # each pixel's true cell
+    luma2 = cells[:, 2:].gather(2, chosen)[:, :, 0] + 0.002 * torch.randn(1, 1, 12, 14,
+                                                                          generator=gen)
+    target_luma = luma2.repeat_interleave(2, 2).repeat_interleave(2, 3)  # its 2 x 2 means
+    inputs = (torch.randn(1, TINY_NET.feature_dims, 6, 7, generator=gen),
+              F.adaptive_avg_pool2d(target_luma, (6, 7)), target_luma, values,
+              torch.rand(1, 3, 6, 7, generator=gen),
+              torch.rand(1, TINY_NET.palette_bins**2 + 4, generator=gen))
+    with torch.inference_mode():
+        _, upsampled = decoder(*inputs)
+    expected = cells[:, :2].gather(2, chosen.expand(-1, 2, -1, -1, -1))[:, :, 0]
+    torch.testing.assert_close(upsampled, expected)
+
+
+def test_lightness_regression_is_the_weighted_least_squares_line():
+    """An attention split between a dark red and a light blue reference region: the line
+    through them gives a dark pixel red and a light one blue (not the purple mean)."""
+    weights = torch.tensor([0.3, 0.7])  # attention on two reference positions
+    luma = torch.tensor([0.2, 0.8])
+    ab = torch.tensor([[0.6, 0.4], [-0.1, -0.5]])  # (positions, a and b) / AB_SCALE
+    centred = luma - 0.5
+    mean_ab = weights @ ab
+    moments = torch.cat([weights @ centred[:, None], weights @ (ab * centred[:, None]),
+                         weights @ centred.square()[:, None]])
+    mean_luma, slope = model_module._lightness_regression(
+        mean_ab.view(1, 2, 1, 1), moments.view(1, 4, 1, 1))
+    torch.testing.assert_close(mean_luma.flatten(), (weights @ luma).view(1))
+    spread = weights @ (luma - weights @ luma).square()
+    exact = (weights @ ((ab - mean_ab) * (luma - weights @ luma)[:, None])) / spread
+    shrink = spread / (spread + model_module.REGRESSION_EPS)  # the ridge term
+    torch.testing.assert_close(slope.flatten(), exact * shrink)
+    for position in range(2):  # each region's own lightness gets (nearly) its own colour
+        line = mean_ab + slope.flatten() * (luma[position] - mean_luma.flatten())
+        torch.testing.assert_close(line, ab[position], atol=0.01, rtol=0)
 
 
 def test_attention_confidence_values_and_the_chunked_path(monkeypatch):

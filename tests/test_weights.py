@@ -109,20 +109,24 @@ def test_checkpoints_leave_out_the_frozen_backbone(model, tmp_path):
 
 
 def test_checkpoint_from_before_the_consensus_loads_without_it(tmp_path):
-    """A config saved before consensus_radius (or convex_upsampling) existed means no
-    consensus (bilinear upsampling), whatever today's default is; the shipped net has its
-    learned kernel."""
+    """A config saved before consensus_radius (or convex_upsampling, carried_lightness,
+    lightness_regression) existed means none of them (bilinear upsampling, no carried
+    lightness), whatever today's default is; the shipped net has its learned kernel."""
     net = load_model("net", device="cpu")
     assert net.config.consensus_radius == 2 and net.consensus.shape == (2, 5)
-    old = ColorNet(dataclasses.replace(net.config, consensus_radius=0, convex_upsampling=False))
+    old = ColorNet(dataclasses.replace(net.config, consensus_radius=0, convex_upsampling=False,
+                                       carried_lightness=False, lightness_regression=False))
     config = dataclasses.asdict(old.config)
-    del config["consensus_radius"], config["consensus_edge"], config["convex_upsampling"]
+    for field in ("consensus_radius", "consensus_edge", "convex_upsampling", "carried_lightness",
+                  "lightness_regression"):
+        del config[field]
     state = {k: v for k, v in old.state_dict().items() if not k.startswith("backbone.")}
-    state = {k: v for k, v in state.items() if not k.startswith("decoder.select.")}
     torch.save({"config": config, "state_dict": state}, tmp_path / "old.pt")
     loaded = load_model(tmp_path / "old.pt", device="cpu")
     assert loaded.config.consensus_radius == 0 and not hasattr(loaded, "consensus")
     assert not loaded.config.convex_upsampling and not hasattr(loaded.decoder, "select")
+    assert not loaded.config.carried_lightness and not hasattr(loaded.decoder, "select_carried")
+    assert not loaded.config.lightness_regression
 
 
 def test_checkpoint_keeps_the_fine_tuned_backbone_blocks_only(tmp_path):

@@ -57,6 +57,14 @@ class NetConfig:
     # mix of the 3 x 3 grid cells around (RAFT's convex upsampling: a colour edge between two
     # cells stays sharp) instead of bilinear; False in checkpoints from before it
     convex_upsampling: bool = True
+    # kind "net": the attention also carries the reference's lightness (and its products with
+    # ab); the decoder and the convex upsampling compare the lightness each cell's colour came
+    # with to the target's; False in checkpoints from before it
+    carried_lightness: bool = True
+    # kind "net", with carried_lightness: each grid cell's colour follows the pixel's lightness
+    # along the attention-weighted regression of ab on lightness (`_lightness_regression`);
+    # False in checkpoints from before it
+    lightness_regression: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "feature_blocks", tuple(int(b) for b in self.feature_blocks))
@@ -95,6 +103,10 @@ class NetConfig:
                 f"NetConfig.tuned_from must be 0 or, for kind 'net', a block index in "
                 f"[1, {max(self.feature_blocks)}], got {self.tuned_from}"
             )
+        if self.carried_lightness and not self.convex_upsampling:
+            raise OptionsError("NetConfig.carried_lightness needs convex_upsampling")
+        if self.lightness_regression and not self.carried_lightness:
+            raise OptionsError("NetConfig.lightness_regression needs carried_lightness")
         if self.key_dims > self.feature_dims:
             raise OptionsError(
                 f"NetConfig.key_dims must be <= feature_dims ({self.feature_dims}), "
@@ -264,7 +276,8 @@ class NetReference:
         keys: (1, N, K + 3) float, learned keys of the N reference grid positions plus three
             luminance channels (the query . key product includes MatchNet's luminance term).
         values: (1, N, 2 + k) float, Lab a and b / AB_SCALE of each position (grid-cell
-            mean), then the k carried channels (`encode_reference`'s `carry`).
+            mean), then the k carried channels (`encode_reference`'s `carry`), then (with
+            `carried_lightness`) the moments of `_lightness_regression`.
         palette: (1, P) float, the global colour embedding input (ab histogram, mean, std).
         grid_stride_px: grid stride the reference was encoded at (always the config's).
         grid: (rows, columns) of the reference grid, N = rows * columns.
@@ -290,9 +303,11 @@ class ColorNet(nn.Module):
     Deep Exemplar's bidirectional similarity). A small U-Net (strides 4, 8, 2), conditioned on
     an embedding of the reference's ab histogram, predicts at stride 2 a gain g and a residual
     r: ab = warped * (1 + g) + r, where `warped` reaches stride 2 by a learned convex
-    upsampling (`_Decoder.upsample`, with `convex_upsampling`). The last layers are
-    zero-initialised, so an untrained ColorNet returns the warped ab exactly (upsampled
-    bilinearly, nearly).
+    upsampling (`_Decoder.upsample`, with `convex_upsampling`); with `lightness_regression`
+    each grid cell's colour first moves to the pixel's lightness along the attention-weighted
+    line of ab on lightness (`_lightness_regression`). The last layers are zero-initialised,
+    so an untrained ColorNet returns the warped ab exactly (upsampled bilinearly, nearly;
+    regressed if so configured).
     """
 
     def __init__(self, config: NetConfig | None = None) -> None:
@@ -364,6 +379,9 @@ class ColorNet(nn.Module):
                 -weight * luma_n * luma_n, torch.ones_like(luma_n)]
         values = _positions(ab)  # (B, N, 2 + k)
         palette = _palette(values[..., :2], self.config.palette_bins)
+        if self.config.carried_lightness:  # the decoder's last channels: the moments
+            centred = luma_n - 0.5  # of `_lightness_regression`, centred: less cancellation
+            values = torch.cat([values, centred, values[..., :2] * centred, centred * centred], -1)
         grid = (int(features.shape[-2]), int(features.shape[-1]))
         return NetReference(torch.cat(keys, -1), values, palette, stride, grid)
 
@@ -717,25 +735,43 @@ class _Decoder(nn.Module):
         if cfg.convex_upsampling:  # logits of the 3 x 3 cells each half-resolution pixel mixes,
             # from the decoder's features and the pixel's lightness gaps to those cells
             self.select = nn.Conv2d(narrow + 9, 9, 3, padding=1)
+        if cfg.carried_lightness:  # the same from the lightness each cell's colour came with,
+            # and how far the target's cells are from the lightness their colours came with;
+            # separate layers (a linear layer on more inputs is their sum) so that a checkpoint
+            # from before them starts its fine-tune unchanged
+            self.select_carried = nn.Conv2d(9, 9, 3, padding=1, bias=False)
+            self.enter_carried = nn.Conv2d(1, width, 1, bias=False)
+        self.regression = cfg.lightness_regression
         for module in self.modules():  # He init: PyTorch's default shrinks ReLU stacks ~6x a layer
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-                nn.init.zeros_(module.bias)
-        last = (self.out, self.select) if cfg.convex_upsampling else (self.out,)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        last = [self.out] + [getattr(self, name) for name in
+                             ("select", "select_carried", "enter_carried") if hasattr(self, name)]
         for layer in last:  # starts as the (bilinear, nearly) warped ab exactly
             nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
 
     def forward(self, features, luma_grid, target_luma, values, confidence, palette):
-        """Args: (B, F, h, w), (B, 1, h, w), (B, 1, 4h, 4w), (B, 2 + k, h, w) warped values
-        (ab / AB_SCALE, then carried channels), (B, 3, h, w), (B, P). Returns predicted ab /
-        AB_SCALE (B, 2, 2h, 2w) and the values upsampled to (2h, 2w) (`upsample`)."""
+        """Args: (B, F, h, w), (B, 1, h, w), (B, 1, 4h, 4w), (B, 2 + k (+ 4), h, w) warped
+        values (ab / AB_SCALE, then carried channels, then with `carried_lightness` the
+        lightness moments), (B, 3, h, w), (B, P). Returns predicted ab / AB_SCALE
+        (B, 2, 2h, 2w) and the values but the moments upsampled to (2h, 2w) (`upsample`)."""
+        carried = hasattr(self, "select_carried")
+        if carried:
+            values, moments = values[:, :-4], values[:, -4:]
+            ref_luma, slope = _lightness_regression(values[:, :2], moments)
         warped = values[:, :2]
         size = (2 * values.shape[-2], 2 * values.shape[-1])
         convex = hasattr(self, "select")  # then only ab is needed bilinear, as an input
         warped2 = F.interpolate(warped if convex else values, size=size, mode="bilinear",
                                 align_corners=False)
-        x4 = self.enter(torch.cat([features, warped, confidence, luma_grid], 1))
+        x4 = self.enter[0](torch.cat([features, warped, confidence, luma_grid], 1))
+        if carried:  # signed, ~[-1, 1]: a lightness mismatch says the colour is doubtful
+            x4 = x4 + self.enter_carried((luma_grid - ref_luma) * CARRIED_GAP_SCALE)
+        x4 = self.enter[1:](x4)
         x8 = self.down(F.avg_pool2d(x4, 2))  # (B, wide, h/2, w/2)
         # Whether the reference fits this image at all is a global question: the mean and
         # spread of the confidence maps answer it (an unrelated reference should fade to grey).
@@ -748,27 +784,56 @@ class _Decoder(nn.Module):
         x2 = F.interpolate(x4, size=size, mode="bilinear", align_corners=False)
         x2 = self.fine(torch.cat([x2, luma2, warped2[:, :2]], 1))
         if convex:
-            gaps = _lightness_gaps(luma_grid, luma2)
-            warped2 = self.upsample(values, self.select(torch.cat([x2, gaps], 1)))
+            logits = self.select(torch.cat([x2, _lightness_gaps(luma_grid, luma2)], 1))
+            cells = _cells_around(values)
+            if carried:
+                offsets = luma2 - _cells_around(ref_luma)[:, 0]  # (B, 9, 2h, 2w)
+                logits = logits + self.select_carried(offsets.square() * LIGHTNESS_GAP_SCALE)
+            if self.regression:  # each cell's ab moves along its line to the pixel's lightness
+                ab = cells[:, :2] + _cells_around(slope) * offsets.unsqueeze(1)
+                cells = torch.cat([ab, cells[:, 2:]], 1)
+            warped2 = self.upsample(cells, logits)
         gain, residual = self.out(x2).split([1, 2], 1)
         return warped2[:, :2] * (1.0 + gain) + residual, warped2
 
     @staticmethod
-    def upsample(values: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """Convex upsampling (Teed & Deng 2020, RAFT) of (B, V, h, w) grid values to
-        (B, V, 2h, 2w): each output pixel is a softmax(logits + prior)-weighted mix of the 3 x 3
-        cells around its own. The prior is log(bilinear weight + CONVEX_PRIOR_FLOOR), so zero
-        logits give bilinear upsampling (plus a little of the far cells); learned logits can
-        take each pixel from the side of a colour edge its lightness belongs to.
+    def upsample(cells: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Convex upsampling (Teed & Deng 2020, RAFT) of grid values to (B, V, 2h, 2w): each
+        output pixel is a softmax(logits + prior)-weighted mix of the 3 x 3 cells around its
+        own. The prior is log(bilinear weight + CONVEX_PRIOR_FLOOR), so zero logits give
+        bilinear upsampling (plus a little of the far cells); learned logits can take each
+        pixel from the side of a colour edge its lightness belongs to.
 
-        Args: values; logits (B, 9, 2h, 2w), the cells row-major."""
-        prior = _bilinear_prior(logits.dtype, logits.device).repeat(1, *values.shape[-2:])
+        Args: cells (B, V, 9, 2h, 2w) the values of those cells for each output pixel
+            (`_cells_around` of the (B, V, h, w) grid values); logits (B, 9, 2h, 2w)."""
+        prior = _bilinear_prior(logits.dtype, logits.device).repeat(1, *(
+            n // 2 for n in cells.shape[-2:]))
         weights = (logits + prior).softmax(1).unsqueeze(1)  # (B, 1, 9, 2h, 2w)
-        return (_cells_around(values) * weights).sum(2)
+        return (cells * weights).sum(2)
 
 
 CONVEX_PRIOR_FLOOR = 0.01  # weight floor of the convex upsampling's prior (see `upsample`)
 LIGHTNESS_GAP_SCALE = 100.0  # (luminance difference)^2 -> convex upsampling input, ~[0, 10]
+# ridge term of `_lightness_regression`, luminance^2 (a 0.017 std): 3e-4 and 1e-4 gave the
+# untrained regression +0.26 and +0.27 dB on held-out train photos, 1e-3 +0.22, 1e-2 +0.07
+REGRESSION_EPS = 3e-4
+CARRIED_GAP_SCALE = 10.0  # target minus carried reference luminance -> decoder input, ~[-1, 1]
+
+
+def _lightness_regression(
+    ab: torch.Tensor, moments: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per target grid cell, the attention-weighted least-squares line ab ~ ab + slope * (L -
+    L_mean) through the reference positions it attends to: when the attention splits between
+    a dark red and a light blue region, a pixel's own lightness says which it is.
+
+    Args: ab (B, 2, h, w) attention-weighted ab / AB_SCALE; moments (B, 4, h, w) the attention-
+        weighted c, c * a, c * b and c^2 of the reference's centred luminance c = L - 0.5.
+    Returns: L_mean (B, 1, h, w) in [0, 1] and slope (B, 2, h, w), ab per luminance unit,
+        ridge-regularised by REGRESSION_EPS (a cell attending to one lightness gets ~0)."""
+    mean, mean_ab, mean_square = moments.split([1, 2, 1], 1)
+    variance = (mean_square - mean.square()).clamp(min=0.0)
+    return mean + 0.5, (mean_ab - ab * mean) / (variance + REGRESSION_EPS)
 
 
 def _lightness_gaps(luma_grid: torch.Tensor, luma2: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ BACKBONE_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf7
 _REGISTRY: dict[str, NetConfig] = {"match": NetConfig(kind="match"), "net": NetConfig(kind="net")}
 # name -> (file in the models folder, sha256) of our own trained weights (see models/MODEL_CARD.md)
 _SHIPPED: dict[str, tuple[str, str]] = {
-    "net": ("colornet.pt", "f4ec93bab84eaefd4d1dd4dc5b533d4f77d23b68db5c3d05fbc4e998e00449ab"),
+    "net": ("colornet.pt", "bc2e71cafdaf03cb424770ad9534c094b6e8c3b2830df60d0d8ef9d897c3d11e"),
 }
 _BACKBONE_KEYS = "backbone."  # state-dict prefix of the backbone: in checkpoints only its
 # fine-tuned blocks (`_is_trained`)
@@ -161,8 +161,10 @@ def _load_checkpoint(path: Path) -> nn.Module:
             f"write one with vidcolor.weights.save_checkpoint"
         )
     try:
-        # a checkpoint from before the attention's consensus or the convex upsampling has none
+        # a checkpoint from before the attention's consensus, the convex upsampling, the
+        # carried lightness or its regression has none
         net = _build(NetConfig(**{"consensus_radius": 0, "convex_upsampling": False,
+                                  "carried_lightness": False, "lightness_regression": False,
                                   **ckpt["config"]}))
     except (TypeError, OptionsError) as e:
         raise WeightsError(f"'{path}' has an invalid NetConfig: {e}") from e
