@@ -784,10 +784,11 @@ class _Decoder(nn.Module):
         x2 = F.interpolate(x4, size=size, mode="bilinear", align_corners=False)
         x2 = self.fine(torch.cat([x2, luma2, warped2[:, :2]], 1))
         if convex:
-            logits = self.select(torch.cat([x2, _lightness_gaps(luma_grid, luma2)], 1))
+            gaps = _lightness_offsets(luma_grid, luma2).square() * LIGHTNESS_GAP_SCALE
+            logits = self.select(torch.cat([x2, gaps], 1))
             cells = _cells_around(values)
-            if carried:
-                offsets = luma2 - _cells_around(ref_luma)[:, 0]  # (B, 9, 2h, 2w)
+            if carried:  # the same gaps to the lightness each cell's colour came with
+                offsets = _lightness_offsets(ref_luma, luma2)
                 logits = logits + self.select_carried(offsets.square() * LIGHTNESS_GAP_SCALE)
             if self.regression:  # each cell's ab moves along its line to the pixel's lightness
                 ab = cells[:, :2] + _cells_around(slope) * offsets.unsqueeze(1)
@@ -836,12 +837,12 @@ def _lightness_regression(
     return mean + 0.5, (mean_ab - ab * mean) / (variance + REGRESSION_EPS)
 
 
-def _lightness_gaps(luma_grid: torch.Tensor, luma2: torch.Tensor) -> torch.Tensor:
-    """(B, 9, 2h, 2w): squared difference of each half-resolution pixel's luminance (luma2,
-    (B, 1, 2h, 2w)) to the mean luminance of each of the 3 x 3 grid cells around its own
-    (luma_grid, (B, 1, h, w)), scaled. A pixel on the dark side of an edge is closest to the
-    dark cells: the cue of joint bilateral upsampling, an input of the learned one."""
-    return (luma2 - _cells_around(luma_grid)[:, 0]).square() * LIGHTNESS_GAP_SCALE
+def _lightness_offsets(luma_grid: torch.Tensor, luma2: torch.Tensor) -> torch.Tensor:
+    """(B, 9, 2h, 2w): each half-resolution pixel's luminance (luma2, (B, 1, 2h, 2w)) minus the
+    luminance of each of the 3 x 3 grid cells around its own (luma_grid, (B, 1, h, w)). A pixel
+    on the dark side of an edge is closest to the dark cells: the cue of joint bilateral
+    upsampling, squared an input of the learned one."""
+    return luma2 - _cells_around(luma_grid)[:, 0]
 
 
 def _cells_around(grid: torch.Tensor) -> torch.Tensor:
