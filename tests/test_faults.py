@@ -16,9 +16,18 @@ OUTPUT_LIMIT_BYTES = 40_000  # RLIMIT_FSIZE for the disk-full case: well below t
 
 
 def start(src, ref, out, **popen):
+    """vidcolor in a subprocess that takes SIGINT the way a terminal's foreground job does.
+
+    A child inherits an ignored SIGINT (the tests themselves may run as a background job of a
+    non-interactive shell, which ignores it), but a handled one is reset to the default at exec,
+    and Python then installs its KeyboardInterrupt handler."""
     command = [sys.executable, "-m", "vidcolor", str(src), "--ref", str(ref), "-o", str(out), "-q"]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            **popen)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, **popen)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def wait_for_partial(process, out, min_bytes=8_000, timeout_s=120):
