@@ -761,7 +761,7 @@ class _Decoder(nn.Module):
         (B, 2, 2h, 2w) and the values but the moments upsampled to (2h, 2w) (`upsample`)."""
         carried = hasattr(self, "select_carried")
         if carried:
-            values, moments = values[:, :-4], values[:, -4:]
+            values, moments = values[:, :-MOMENT_CHANNELS], values[:, -MOMENT_CHANNELS:]
             ref_luma, slope = _lightness_regression(values[:, :2], moments)
         warped = values[:, :2]
         size = (2 * values.shape[-2], 2 * values.shape[-1])
@@ -790,9 +790,9 @@ class _Decoder(nn.Module):
             if carried:  # the same gaps to the lightness each cell's colour came with
                 offsets = _lightness_offsets(ref_luma, luma2)
                 logits = logits + self.select_carried(offsets.square() * LIGHTNESS_GAP_SCALE)
-            if self.regression:  # each cell's ab moves along its line to the pixel's lightness
-                ab = cells[:, :2] + _cells_around(slope) * offsets.unsqueeze(1)
-                cells = torch.cat([ab, cells[:, 2:]], 1)
+                if self.regression:  # each cell's ab moves along its line to that lightness
+                    ab = cells[:, :2] + _cells_around(slope) * offsets.unsqueeze(1)
+                    cells = torch.cat([ab, cells[:, 2:]], 1)
             warped2 = self.upsample(cells, logits)
         gain, residual = self.out(x2).split([1, 2], 1)
         return warped2[:, :2] * (1.0 + gain) + residual, warped2
@@ -818,6 +818,7 @@ LIGHTNESS_GAP_SCALE = 100.0  # (luminance difference)^2 -> convex upsampling inp
 # ridge term of `_lightness_regression`, luminance^2 (a 0.017 std): 3e-4 and 1e-4 gave the
 # untrained regression +0.26 and +0.27 dB on held-out train photos, 1e-3 +0.22, 1e-2 +0.07
 REGRESSION_EPS = 3e-4
+MOMENT_CHANNELS = 4  # the attention's last value channels with carried_lightness: c, c a, c b, c^2
 CARRIED_GAP_SCALE = 10.0  # target minus carried reference luminance -> decoder input, ~[-1, 1]
 
 
