@@ -196,6 +196,21 @@ def test_attention_equals_plain_softmax():
     np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-3)
 
 
+def test_attention_floor_on_underflowing_logits_changes_nothing():
+    """Logits far below their row's max (most of them, in a sharp attention) are raised to
+    EXP_FLOOR before exp, for speed: the result equals an unfloored float64 softmax."""
+    gen = torch.Generator().manual_seed(1)
+    query = torch.randn(300, 8, generator=gen) * 30  # logits spread over hundreds of units
+    keys_t = torch.randn(8, 500, generator=gen)
+    ab = torch.randn(500, 2, generator=gen) * 40
+    logits = query @ keys_t
+    assert ((logits - logits.amax(1, keepdim=True)) < model_module.EXP_FLOOR).float().mean() > 0.5
+    ab_one = F.pad(ab, (0, 1), value=1.0)
+    got = MatchNet(NetConfig(feature_blocks=(2,)))._attend(query, keys_t, ab_one)
+    expected = torch.softmax(logits.double(), dim=1) @ ab.double()
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-4)
+
+
 TINY_NET = NetConfig(kind="net", feature_blocks=(2, 4), feature_dims=16, key_dims=8, width=8)
 
 

@@ -21,6 +21,10 @@ from .errors import OptionsError
 MODEL_KINDS = ("match", "net")  # training-free MatchNet, learned ColorNet
 ATTENTION_ROWS = 1024  # target positions per attention chunk (bounds the similarity buffer)
 CONSENSUS_ROWS = 256  # target positions per consensus chunk (its logits stay in cache)
+# Softmax logits (minus the row max) are raised to this first: exp underflows float32 below
+# it anyway (e^-87 ~ 1.6e-38, lost beside a row sum >= 1), and torch's vectorised exp takes a
+# ~12x slower path on underflowing inputs, which most attention logits are (60 % at 480p).
+EXP_FLOOR = -87.0
 
 
 @dataclass(frozen=True)
@@ -243,7 +247,7 @@ class MatchNet(nn.Module):
             self._scores = scores_buf
         out = query.new_empty(query.shape[0], ab_one.shape[1])
         for start, scores in _logit_chunks(query, keys_t, scores_buf, hood, mirrored):
-            scores.sub_(scores.amax(1, keepdim=True)).exp_()  # (rows, N) similarity / temperature
+            scores.sub_(scores.amax(1, keepdim=True)).clamp_(min=EXP_FLOOR).exp_()  # (rows, N)
             torch.mm(scores, ab_one, out=out[start : start + len(scores)])
         return out[:, :-1] / out[:, -1:]
 
@@ -526,7 +530,7 @@ def _attend(
                 logits[b : b + 1].view(1, *hood.query_grid, -1), hood, bool(mirrored[b]),
                 hood.window) for b in range(len(logits))])
         row_max = logits.amax(2, keepdim=True)  # (B, M, 1)
-        exp = (logits - row_max).exp()
+        exp = (logits - row_max).clamp(min=EXP_FLOOR).exp()
         total = exp.sum(2, keepdim=True)
         attn = exp / total
         warped = attn @ values  # (B, M, 2)
@@ -647,7 +651,7 @@ def _attend_chunks(
                                            None if mirrored is None else bool(mirrored[b])):
             exp = exp_buf[: len(logits) * n_keys].view(len(logits), n_keys)
             row_max = logits.amax(1, keepdim=True)
-            torch.sub(logits, row_max, out=exp).exp_()
+            torch.sub(logits, row_max, out=exp).clamp_(min=EXP_FLOOR).exp_()
             sums = exp @ ab_one  # (rows, V + 2)
             logits.mul_(exp)
             total = sums[:, n_values : n_values + 1]
