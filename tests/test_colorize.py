@@ -14,6 +14,7 @@ from PIL import Image
 
 from vidcolor import frames
 from vidcolor.colorize import (
+    GUIDE_RADIUS_PX,
     MIN_REFERENCE_SIDE_PX,
     ColorizeOptions,
     Colorizer,
@@ -75,6 +76,15 @@ def psnr(output: np.ndarray, truth: np.ndarray) -> float:
 def test_options_reject_bad_values(bad):
     with pytest.raises(OptionsError, match=next(iter(bad))):
         ColorizeOptions(**bad)
+
+
+def test_guide_radius_defaults_to_the_methods_own():
+    """Each method gets the radius measured best for it; an explicit radius is kept, also
+    through the dict round trip the reel queue stores options in."""
+    assert ColorizeOptions(method="net").guide_radius_px == GUIDE_RADIUS_PX["net"] == 1
+    assert ColorizeOptions(method="match").guide_radius_px == GUIDE_RADIUS_PX["match"] == 2
+    explicit = ColorizeOptions(method="net", guide_radius_px=3)
+    assert ColorizeOptions(**dataclasses.asdict(explicit)).guide_radius_px == 3
 
 
 def test_grey_reference_is_refused(model):
