@@ -580,42 +580,46 @@ def _consensus(
     """
     top, left, height, width = window
     grid = logits.view(*logits.shape[:3], *hood.key_grid)  # (1, h, w, h', w')
-    grid = _diagonal_mean(grid, hood.taps[0], 1, 3, mirrored=False)[:, top : top + height]
-    grid = _diagonal_mean(grid, hood.taps[1], 2, 4, mirrored)[:, :, left : left + width]
+    grid = _diagonal_mean(grid, hood.taps[0], 1, 3, False, (top, height))
+    grid = _diagonal_mean(grid, hood.taps[1], 2, 4, mirrored, (left, width))
     return grid.reshape(1, height * width, -1)
 
 
 def _diagonal_mean(
-    grid: torch.Tensor, taps: torch.Tensor, dim_q: int, dim_k: int, mirrored: bool
+    grid: torch.Tensor, taps: torch.Tensor, dim_q: int, dim_k: int, mirrored: bool,
+    out: tuple[int, int],
 ) -> torch.Tensor:
     """Weighted mean of grid[.., q + d, .., k + d (k - d if mirrored), ..] over the offsets d
-    of the centred `taps`, along query dim `dim_q` and key dim `dim_k`; offsets that leave the
-    grid are left out of the mean."""
+    of the centred `taps`, along query dim `dim_q` and key dim `dim_k`, for the query indices
+    q in out = (first, count) only (the halo a chunk brings is read, not computed); offsets
+    that leave the grid are left out of the mean."""
     radius = len(taps) // 2
+    first, count = out
     n_q, n_k = grid.shape[dim_q], grid.shape[dim_k]
     inference = not torch.is_grad_enabled()
     weights = taps.tolist() if inference else taps
-    total = grid * weights[radius]
-    norm = weights[radius] * grid.new_ones(n_q, n_k)
+    total = grid.narrow(dim_q, first, count) * weights[radius]
+    norm = weights[radius] * grid.new_ones(count, n_k)
     for offset in range(-radius, radius + 1):
-        if offset == 0 or abs(offset) >= min(n_q, n_k):
-            continue
         key_offset = -offset if mirrored else offset
-        length_q, length_k = n_q - abs(offset), n_k - abs(offset)
-        into = total.narrow(dim_q, max(0, -offset), length_q).narrow(
+        q_lo, q_hi = max(first, -offset), min(first + count, n_q - offset)
+        length_k = n_k - abs(offset)
+        if offset == 0 or q_hi <= q_lo or length_k <= 0:
+            continue
+        into = total.narrow(dim_q, q_lo - first, q_hi - q_lo).narrow(
             dim_k, max(0, -key_offset), length_k)
-        source = grid.narrow(dim_q, max(0, offset), length_q).narrow(
+        source = grid.narrow(dim_q, q_lo + offset, q_hi - q_lo).narrow(
             dim_k, max(0, key_offset), length_k)
         if inference:
             into.add_(source, alpha=weights[radius + offset])
         else:
             into += weights[radius + offset] * source
-        inside = grid.new_zeros(n_q, n_k)
-        inside[max(0, -offset) : max(0, -offset) + length_q,
+        inside = grid.new_zeros(count, n_k)
+        inside[q_lo - first : q_hi - first,
                max(0, -key_offset) : max(0, -key_offset) + length_k] = 1.0
         norm = norm + weights[radius + offset] * inside
     shape = [1] * grid.dim()
-    shape[dim_q], shape[dim_k] = n_q, n_k
+    shape[dim_q], shape[dim_k] = count, n_k
     return total.div_(norm.view(shape)) if inference else total / norm.view(shape)
 
 
