@@ -587,14 +587,14 @@ def _consensus(
 
 def _diagonal_mean(
     grid: torch.Tensor, taps: torch.Tensor, dim_q: int, dim_k: int, mirrored: bool,
-    out: tuple[int, int],
+    span: tuple[int, int],
 ) -> torch.Tensor:
     """Weighted mean of grid[.., q + d, .., k + d (k - d if mirrored), ..] over the offsets d
     of the centred `taps`, along query dim `dim_q` and key dim `dim_k`, for the query indices
-    q in out = (first, count) only (the halo a chunk brings is read, not computed); offsets
+    q in span = (first, count) only (the halo a chunk brings is read, not computed); offsets
     that leave the grid are left out of the mean."""
     radius = len(taps) // 2
-    first, count = out
+    first, count = span
     n_q, n_k = grid.shape[dim_q], grid.shape[dim_k]
     inference = not torch.is_grad_enabled()
     weights = taps.tolist() if inference else taps
