@@ -204,6 +204,22 @@ def load_colouriser(args: argparse.Namespace) -> tuple[nn.Module, ColorizeOption
     return model, opts
 
 
+def photo_pair(paths: list[Path], index: int, unrelated: bool, seed: int = 0,
+               strength: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(photo, reference) uint8 RGB of the protocol: the photo's own copy distorted by
+    `augment_reference` (drawn from default_rng([seed, crc32(file name)])), or with
+    `unrelated` the next photo (sorted, wrapping): colours that do not fit.
+
+    Raises:
+        OSError: a photo cannot be read.
+    """
+    truth = load_rgb(paths[index])
+    if unrelated:
+        return truth, load_rgb(paths[(index + 1) % len(paths)])
+    rng = np.random.default_rng([seed, zlib.crc32(paths[index].name.encode())])
+    return truth, augment_reference(truth, rng, strength)
+
+
 def cmd_images(args: argparse.Namespace) -> int:
     """`images DIR`: self-augmentation PSNR/SSIM table of grey, Reinhard and vidcolor."""
     if not args.dir.is_dir():
@@ -220,12 +236,7 @@ def cmd_images(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     for index, path in enumerate(paths):
         try:
-            truth = load_rgb(path)
-            if args.unrelated:  # the next photo (sorted, wrapping): colours that do not fit
-                reference = load_rgb(paths[(index + 1) % len(paths)])
-            else:
-                rng = np.random.default_rng([args.seed, zlib.crc32(path.name.encode())])
-                reference = augment_reference(truth, rng, args.strength)
+            truth, reference = photo_pair(paths, index, args.unrelated, args.seed, args.strength)
             colorized = Colorizer(model, reference, opts).colorize_rgb([truth])[0]
         except (OSError, VidcolorError) as e:  # unreadable, or grey: nothing to measure
             print(f"skipped {path.name}: {e}", file=sys.stderr)

@@ -11,7 +11,9 @@ learned attention, confidence and decoder. ~20 % of the pairs get another photo'
 
 Validation: every 20th photo (sorted by name) is held out, each scored with its own reference
 ("related") and with the next held-out photo's ("unrelated"). Logged against two baselines:
-copying the warped ab (the attention alone) and grey (ab = 0).
+copying the warped ab (the attention alone) and grey (ab = 0). With --val-photos, also the
+PSNR of the whole colorize stage on those photos, as `evaluate.py images` reports it, and the
+best state is kept by that (loss gains on the pairs have not always reached whole photos).
 
 Usage: python scripts/train.py --out models/colornet.pt [--resume] [--steps N] [--minutes M]
 """
@@ -33,10 +35,12 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from evaluate import augment_reference, load_rgb
+from evaluate import augment_reference, load_rgb, photo_pair, psnr
 
 from vidcolor import frames
 from vidcolor.backbone import block_table, hypercolumn_channels
+from vidcolor.colorize import ColorizeOptions, Colorizer
+from vidcolor.errors import VidcolorError
 from vidcolor.model import AB_SCALE, ColorNet, NetConfig
 from vidcolor.weights import load_model, save_checkpoint
 
@@ -274,6 +278,28 @@ def validate(net: ColorNet, data: dict, val_idx: np.ndarray) -> dict[str, float]
     return {k: v / len(val_idx) for k, v in sums.items()}
 
 
+def photo_psnr(net: ColorNet, paths: list[Path]) -> dict[str, float]:
+    """Mean PSNR (dB) of the whole colorize stage on the held-out photos, with their own
+    distorted references ("photos") and unrelated ones ("u_photos"): what `evaluate.py images`
+    reports on them (256 px working size, guided upsampling, RGB). Gains in `validate`'s losses
+    (192 px pairs, ab at half resolution) have not always reached these numbers."""
+    net.eval()
+    opts = ColorizeOptions(method="net")
+    scores = {}
+    for key, unrelated in (("photos", False), ("u_photos", True)):
+        values = []
+        for index in range(len(paths)):
+            try:
+                truth, reference = photo_pair(paths, index, unrelated)
+                values.append(psnr(Colorizer(net, reference, opts).colorize_rgb([truth])[0],
+                                   truth))
+            except (OSError, VidcolorError):  # unreadable, or a grey reference: nothing to score
+                continue
+        scores[key] = float(np.mean(values))
+    train_mode(net)
+    return scores
+
+
 def train_mode(net: ColorNet) -> None:
     """Training mode, except the backbone: its batch norms keep their ImageNet statistics
     (a batch of 8 pairs is too small to estimate them), fine-tuned blocks included."""
@@ -339,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-lr", type=float, default=10.0, help="with --init: learning "
                         "rate of the layers the checkpoint lacks (zero-initialised, they must "
                         "move far within a fine-tune), relative to --lr")
+    parser.add_argument("--val-photos", action="store_true", help="at each validation also "
+                        "colour the held-out photos through the whole colorize stage (PSNR as "
+                        "evaluate.py images gives it; ~1.5 min) and keep the best state by "
+                        "that, related + --unrelated-weight x unrelated dB")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
@@ -346,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     args.run.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         handlers=[logging.StreamHandler(), logging.FileHandler(args.run / "log")])
+    logging.getLogger("vidcolor").setLevel(logging.WARNING)  # a line per photo in --val-photos
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -375,6 +406,14 @@ def main(argv: list[str] | None = None) -> int:
     train_idx = np.flatnonzero(~np.isin(photo_of_row, val_idx))
     logger.info("%d training pairs (%d per photo), %d held out", len(train_idx), len(pair_sets),
                 len(val_idx))
+
+    def validation() -> tuple[dict[str, float], float]:
+        """The validation numbers and the score the best state is kept by (lower is better)."""
+        scores = validate(net, data, val_idx)
+        if not args.val_photos:
+            return scores, scores["net"] + args.unrelated_weight * scores["u_net"]
+        scores |= photo_psnr(net, [paths[i] for i in val_idx])
+        return scores, -(scores["photos"] + args.unrelated_weight * scores["u_photos"])
 
     init_state = {} if args.init is None else torch.load(
         args.init, map_location="cpu", weights_only=True)["state_dict"]
@@ -416,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
                        or k == "consensus" for k in missing), missing
             # its backbone keys (none, or its own fine-tuned blocks) override the ImageNet ones
             logger.info("weights from %s", args.init)
-        logger.info("val at init: %s", fmt(validate(net, data, val_idx)))
+        logger.info("val at init: %s", fmt(validation()[0]))
     train_mode(net)
     started, first_step = time.perf_counter(), step
     grid = WORK_PX // GRID_PX
@@ -446,8 +485,7 @@ def main(argv: list[str] | None = None) -> int:
             running[:] = 0
         done = args.minutes and time.perf_counter() - started > args.minutes * 60
         if step % args.val_every == 0 or step == args.steps or done:
-            scores = validate(net, data, val_idx)
-            score = scores["net"] + args.unrelated_weight * scores["u_net"]
+            scores, score = validation()
             if score < best:
                 best, best_state = score, {k: v.clone() for k, v in net.state_dict().items()}
             logger.info("step %d val %s%s", step, fmt(scores), " (best)" if score == best else "")
@@ -464,10 +502,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def fmt(scores: dict[str, float]) -> str:
+    photos = (f"; photos {scores['photos']:.3f} dB, unrelated {scores['u_photos']:.3f} dB"
+              if "photos" in scores else "")
     return (f"related {scores['net']:.5f} (warped {scores['warped']:.5f}, grey "
             f"{scores['grey']:.5f}; mse {scores['mse']:.6f} vs warped {scores['mse_warped']:.6f})"
             f" unrelated {scores['u_net']:.5f} (warped {scores['u_warped']:.5f}, grey "
-            f"{scores['u_grey']:.5f})")
+            f"{scores['u_grey']:.5f}){photos}")
 
 
 if __name__ == "__main__":

@@ -95,3 +95,21 @@ def test_grey_copy_keeps_luma_and_audio(evaluate, clip_dir, tmp_path):
         assert np.all(copy.source == copy.source[..., :1])  # R = G = B
     with av.open(str(grey)) as container:
         assert [s.codec_context.name for s in container.streams.audio] == ["aac"]
+
+
+def test_images_protocol_pairs_are_seeded_per_photo(evaluate, tmp_path):
+    """The self-augmented reference depends on the seed and the file name only (train.py's
+    --val-photos and `evaluate.py images` score the same pairs); unrelated is the next photo."""
+    from conftest import colorful_still
+
+    paths = []
+    for k in range(3):
+        paths.append(tmp_path / f"photo_{k}.png")
+        Image.fromarray(np.roll(colorful_still(96, 80), 20 * k, axis=1)).save(paths[-1])
+    truth, reference = evaluate.photo_pair(paths, 1, False)
+    again = evaluate.photo_pair(paths, 1, False)[1]
+    np.testing.assert_array_equal(reference, again)
+    assert not np.array_equal(reference, evaluate.photo_pair(paths, 1, False, seed=1)[1])
+    assert not np.array_equal(reference, truth)  # distorted, not the photo itself
+    wrapped = evaluate.photo_pair(paths, 2, True)[1]  # the last photo's unrelated: the first
+    np.testing.assert_array_equal(wrapped, evaluate.load_rgb(paths[0]))
