@@ -308,8 +308,8 @@ def test_convex_upsampling_follows_the_carried_lightness():
     gen = torch.Generator().manual_seed(1)
     levels = torch.randperm(42, generator=gen).float().view(1, 1, 6, 7) / 42  # all distinct
     ab = torch.randn(1, 2, 6, 7, generator=gen)
-    centred = levels - 0.5  # each cell attends to one reference lightness: slope 0
-    values = torch.cat([ab, centred, ab * centred, centred.square()], 1)
+    # each cell attends to one reference lightness: slope 0
+    values = torch.cat([ab, model_module.lightness_moments(ab, levels, 1)], 1)
     cells = model_module._cells_around(torch.cat([ab, levels], 1))  # (1, 3, 9, 12, 14)
     chosen = torch.randint(0, 9, (1, 1, 1, 12, 14), generator=gen)  # each pixel's true cell
     luma2 = cells[:, 2:].gather(2, chosen)[:, :, 0] + 0.002 * torch.randn(1, 1, 12, 14,

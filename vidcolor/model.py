@@ -383,9 +383,8 @@ class ColorNet(nn.Module):
                 -weight * luma_n * luma_n, torch.ones_like(luma_n)]
         values = _positions(ab)  # (B, N, 2 + k)
         palette = _palette(values[..., :2], self.config.palette_bins)
-        if self.config.carried_lightness:  # the decoder's last channels: the moments
-            centred = luma_n - 0.5  # of `_lightness_regression`, centred: less cancellation
-            values = torch.cat([values, centred, values[..., :2] * centred, centred * centred], -1)
+        if self.config.carried_lightness:  # the decoder's last channels
+            values = torch.cat([values, lightness_moments(values[..., :2], luma_n, -1)], -1)
         grid = (int(features.shape[-2]), int(features.shape[-1]))
         return NetReference(torch.cat(keys, -1), values, palette, stride, grid)
 
@@ -791,15 +790,21 @@ class _Decoder(nn.Module):
         luma2 = F.adaptive_avg_pool2d(target_luma, size)
         x2 = F.interpolate(x4, size=size, mode="bilinear", align_corners=False)
         x2 = self.fine(torch.cat([x2, luma2, warped2[:, :2]], 1))
-        if convex:
-            gaps = _lightness_offsets(luma_grid, luma2).square() * LIGHTNESS_GAP_SCALE
+        if convex:  # each pixel's 3 x 3 cells of every grid it reads, in one unfold
+            grids = [values, luma_grid] + ([ref_luma, slope] if carried else [])
+            around = _cells_around(torch.cat(grids, 1))
+            cells, cell_luma, carried_cells = around.split(
+                [values.shape[1], 1, around.shape[1] - values.shape[1] - 1], 1)
+            # a pixel on the dark side of an edge is closest to the dark cells: the cue of
+            # joint bilateral upsampling, squared an input of the learned one
+            gaps = (luma2 - cell_luma[:, 0]).square() * LIGHTNESS_GAP_SCALE
             logits = self.select(torch.cat([x2, gaps], 1))
-            cells = _cells_around(values)
             if carried:  # the same gaps to the lightness each cell's colour came with
-                offsets = _lightness_offsets(ref_luma, luma2)
+                ref_cell_luma, slope_cells = carried_cells.split([1, 2], 1)
+                offsets = luma2 - ref_cell_luma[:, 0]  # (B, 9, 2h, 2w)
                 logits = logits + self.select_carried(offsets.square() * LIGHTNESS_GAP_SCALE)
                 if self.regression:  # each cell's ab moves along its line to that lightness
-                    ab = cells[:, :2] + _cells_around(slope) * offsets.unsqueeze(1)
+                    ab = cells[:, :2] + slope_cells * offsets.unsqueeze(1)
                     cells = torch.cat([ab, cells[:, 2:]], 1)
             warped2 = self.upsample(cells, logits)
         gain, residual = self.out(x2).split([1, 2], 1)
@@ -830,6 +835,14 @@ MOMENT_CHANNELS = 4  # the attention's last value channels with carried_lightnes
 CARRIED_GAP_SCALE = 10.0  # target minus carried reference luminance -> decoder input, ~[-1, 1]
 
 
+def lightness_moments(ab: torch.Tensor, luma: torch.Tensor, dim: int) -> torch.Tensor:
+    """The values `_lightness_regression` needs the attention to carry, stacked along `dim`:
+    c, c * a, c * b and c^2 of the centred luminance c = L - 0.5 (centred: less cancellation
+    in the variance). ab: Lab ab / AB_SCALE, 2 along `dim`; luma: L / 100, 1 along it."""
+    centred = luma - 0.5
+    return torch.cat([centred, ab * centred, centred * centred], dim)
+
+
 def _lightness_regression(
     ab: torch.Tensor, moments: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -844,14 +857,6 @@ def _lightness_regression(
     mean, mean_ab, mean_square = moments.split([1, 2, 1], 1)
     variance = (mean_square - mean.square()).clamp(min=0.0)
     return mean + 0.5, (mean_ab - ab * mean) / (variance + REGRESSION_EPS)
-
-
-def _lightness_offsets(luma_grid: torch.Tensor, luma2: torch.Tensor) -> torch.Tensor:
-    """(B, 9, 2h, 2w): each half-resolution pixel's luminance (luma2, (B, 1, 2h, 2w)) minus the
-    luminance of each of the 3 x 3 grid cells around its own (luma_grid, (B, 1, h, w)). A pixel
-    on the dark side of an edge is closest to the dark cells: the cue of joint bilateral
-    upsampling, squared an input of the learned one."""
-    return luma2 - _cells_around(luma_grid)[:, 0]
 
 
 def _cells_around(grid: torch.Tensor) -> torch.Tensor:
