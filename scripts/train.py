@@ -373,6 +373,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
     args = parser.parse_args(argv)
+    if not args.data.is_dir():  # ../shared is not beside every clone
+        print(f"train.py: '{args.data}' is not a directory; pass --data DIR, the training "
+              f"photos (../shared/data/train beside the project)", file=sys.stderr)
+        return 1
     args.run.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         handlers=[logging.StreamHandler(), logging.FileHandler(args.run / "log")])
