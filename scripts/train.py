@@ -39,7 +39,13 @@ from evaluate import augment_reference, load_rgb, photo_pair, psnr
 
 from vidcolor import frames
 from vidcolor.backbone import block_table, hypercolumn_channels
-from vidcolor.colorize import ColorizeOptions, Colorizer
+from vidcolor.colorize import (
+    CARRIED_CHANNELS,
+    GUIDE_RADIUS_PX,
+    ColorizeOptions,
+    Colorizer,
+    reference_carry,
+)
 from vidcolor.errors import VidcolorError
 from vidcolor.model import AB_SCALE, ColorNet, NetConfig
 from vidcolor.weights import load_model, save_checkpoint
@@ -51,7 +57,8 @@ VAL_EVERY = 20  # every Nth photo (sorted) is held out for validation
 PCA_PHOTOS = 200  # photos whose hypercolumns give the fixed PCA basis
 ENCODE_BATCH = 16  # photos per backbone call while caching
 SMOOTH_L1_BETA = 0.1  # in ab / 100 units: quadratic below 10 ab units
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: full-resolution true ab and the reference's carried guide channels
+GUIDE_EPS = ColorizeOptions(method="net").guide_eps  # the guided upsampling's, as colorize uses
 # The shipped net's backbone taps. Adding block 8 (as the matcher does) was tried: it gave the
 # trained net nothing (MODEL_CARD.md), so the caches and the recipe keep these.
 NET_FEATURE_BLOCKS = (2, 4, 10, 14)
@@ -108,6 +115,7 @@ def build_cache(net: ColorNet, paths: list[Path], cache: Path, seed: int,
     """
     meta_path = cache / "meta.json"
     meta = {"version": CACHE_VERSION, "seed": seed, "n": len(paths), "work_px": WORK_PX,
+            "guide_radius_px": GUIDE_RADIUS_PX["net"], "guide_eps": GUIDE_EPS,
             "config": dataclasses.asdict(net.config), "names": [p.name for p in paths]}
     if strength != 1.0:
         meta["strength"] = strength
@@ -136,6 +144,9 @@ def build_cache(net: ColorNet, paths: list[Path], cache: Path, seed: int,
                               [strength] * ENCODE_BATCH))
         luma_t, ab_t = lab_tensors([t for t, _ in pairs])
         luma_r, ab_r = lab_tensors([r for _, r in pairs])
+        carry_r = torch.from_numpy(np.stack([
+            reference_carry(r, GUIDE_RADIUS_PX["net"], GUIDE_EPS) for _, r in pairs
+        ])).permute(0, 3, 1, 2)  # (B, CARRIED_CHANNELS, H, W), as colorize feeds the attention
         with torch.inference_mode():
             for side, luma in (("t", luma_t), ("r", luma_r)):
                 features, mid = frozen_features(net, luma)
@@ -144,6 +155,8 @@ def build_cache(net: ColorNet, paths: list[Path], cache: Path, seed: int,
                     arrays[f"mid_{side}"][chunk] = mid.half().numpy()
         arrays["luma_t"][chunk] = luma_t.half().numpy()
         arrays["ab_t"][chunk] = (F.adaptive_avg_pool2d(ab_t, half) / AB_SCALE).half().numpy()
+        arrays["ab_t_full"][chunk] = (ab_t / AB_SCALE).half().numpy()
+        arrays["carry_r"][chunk] = F.adaptive_avg_pool2d(carry_r, grid).half().numpy()
         arrays["luma_r"][chunk] = F.adaptive_avg_pool2d(luma_r, grid).half().numpy()
         arrays["ab_r"][chunk] = (F.adaptive_avg_pool2d(ab_r, grid) / AB_SCALE).half().numpy()
         if start % (ENCODE_BATCH * 20) == 0:
@@ -204,6 +217,8 @@ CACHE_SHAPES = {  # name -> (config, grid, half) -> per-pair shape
     "ab_t": lambda c, g, h: (2, h, h),
     "luma_r": lambda c, g, h: (1, g, g),
     "ab_r": lambda c, g, h: (2, g, g),
+    "ab_t_full": lambda c, g, h: (2, WORK_PX, WORK_PX),
+    "carry_r": lambda c, g, h: (CARRIED_CHANNELS, g, g),
 }
 
 
@@ -224,9 +239,9 @@ def gather(data: dict, targets: np.ndarray, refs: np.ndarray, flip: np.ndarray |
         return torch.from_numpy(np.stack([data[name][i] for i in idx]).astype(np.float32))
 
     tuned = "mid_t" in data
-    target_keys = ("feat_t", "luma_t", "ab_t") + (("mid_t",) if tuned else ())
+    target_keys = ("feat_t", "luma_t", "ab_t", "ab_t_full") + (("mid_t",) if tuned else ())
     batch = {k: take(k, targets) for k in target_keys}
-    batch.update({k: take(k, refs) for k in ("feat_r", "luma_r", "ab_r")
+    batch.update({k: take(k, refs) for k in ("feat_r", "luma_r", "ab_r", "carry_r")
                   + (("mid_r",) if tuned else ())})
     if flip is not None and flip.any():  # mirror some targets (their features approximately)
         rows = torch.from_numpy(flip)
@@ -236,23 +251,58 @@ def gather(data: dict, targets: np.ndarray, refs: np.ndarray, flip: np.ndarray |
 
 
 def run_batch(net: ColorNet, batch: dict, crop: tuple[int, int, int, int] | None = None,
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Predicted ab, warped ab and true ab, all (B, 2, 2h, 2w) / AB_SCALE (of the crop)."""
+              full: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Predicted ab, warped ab and true ab, all (B, 2, 2h, 2w) / AB_SCALE (of the crop); with
+    `full`, the first two brought to (B, 2, 4h, 4w) by the guided upsampling colorize applies
+    (`guided_upsample`) and the truth at that resolution."""
     feat_r = tuned_features(net, batch["feat_r"], batch.get("mid_r"))
     feat_t = tuned_features(net, batch["feat_t"], batch.get("mid_t"))
-    reference = net.encode_grid(feat_r, batch["luma_r"], batch["ab_r"], GRID_PX)
+    values_r = torch.cat([batch["ab_r"], batch["carry_r"]], 1)  # what colorize feeds
+    reference = net.encode_grid(feat_r, batch["luma_r"], values_r, GRID_PX)
     pred, warped = net.decode(feat_t, batch["luma_t"], reference, crop)
-    truth = batch["ab_t"]
+    truth, luma = batch["ab_t_full" if full else "ab_t"], batch["luma_t"]
+    scale = 4 if full else 2  # truth px per grid cell
     if crop is not None:
         top, left, height, width = crop
-        truth = truth[..., 2 * top : 2 * (top + height), 2 * left : 2 * (left + width)]
-    return pred, warped, truth
+        rows = slice(scale * top, scale * (top + height))
+        cols = slice(scale * left, scale * (left + width))
+        truth, luma = truth[..., rows, cols], luma[..., 4 * top : 4 * (top + height),
+                                                      4 * left : 4 * (left + width)]
+    if full:
+        carried = warped[:, 2:]
+        pred = guided_upsample(pred, carried, luma, GUIDE_RADIUS_PX["net"])
+        warped = guided_upsample(warped[:, :2], carried, luma, GUIDE_RADIUS_PX["net"])
+    return pred, warped[:, :2], truth
+
+
+def guided_upsample(ab: torch.Tensor, carried: torch.Tensor, luma: torch.Tensor,
+                    radius_px: int) -> torch.Tensor:
+    """colorize's guided upsampling of the net's output in torch, so that training can score
+    what inference outputs: ab (B, 2, h, w) / AB_SCALE and the carried reference channels (B,
+    CARRIED_CHANNELS, h, w) at half resolution -> ab (B, 2, H, W) / AB_SCALE at the working
+    resolution of luma (B, 1, H, W). The same maths as `Colorizer._colorize_batch`: bilinear
+    to working size, the reference's slope scaled by the chroma the net kept, local lines
+    ab = A * L + B box-averaged over (2r + 1)^2 windows (reflected borders), then A * L + B."""
+    size = luma.shape[-2:]
+    values = F.interpolate(torch.cat([ab * AB_SCALE, carried], 1), size=size, mode="bilinear",
+                           align_corners=False)
+    ab, slope, window_luma, matched = values.split([2, 2, 1, 2], 1)
+    kept = (ab.square().sum(1, keepdim=True) + 1e-12).sqrt() / \
+        matched.square().sum(1, keepdim=True).sqrt().clamp(min=1.0)
+    slope = slope * kept.clamp(0.0, 1.0)
+    lines = torch.cat([slope, ab - slope * window_luma], 1)
+    r = radius_px  # cv2's BORDER_REFLECT: the edge pixel is repeated
+    lines = torch.cat([lines[..., :r, :].flip(-2), lines, lines[..., -r:, :].flip(-2)], -2)
+    lines = torch.cat([lines[..., :r].flip(-1), lines, lines[..., -r:].flip(-1)], -1)
+    lines = F.avg_pool2d(lines, 2 * r + 1, stride=1)
+    return (lines[:, :2] * luma + lines[:, 2:]) / AB_SCALE
 
 
 def loss_fn(pred: torch.Tensor, truth: torch.Tensor,
-            weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Smooth-L1 of (B, 2, h, w) ab / AB_SCALE, optionally weighted per pair ((B,) weights)."""
-    per_pair = F.smooth_l1_loss(pred, truth, beta=SMOOTH_L1_BETA, reduction="none").mean((1, 2, 3))
+            weights: torch.Tensor | None = None, beta: float = SMOOTH_L1_BETA) -> torch.Tensor:
+    """Smooth-L1 of (B, 2, h, w) ab / AB_SCALE, optionally weighted per pair ((B,) weights).
+    beta 0 is L1; a beta beyond the errors is half the squared error (PSNR's measure)."""
+    per_pair = F.smooth_l1_loss(pred, truth, beta=beta, reduction="none").mean((1, 2, 3))
     return per_pair.mean() if weights is None else (per_pair * weights).sum() / weights.sum()
 
 
@@ -261,7 +311,7 @@ def validate(net: ColorNet, data: dict, val_idx: np.ndarray) -> dict[str, float]
     """Mean losses on held-out pairs, related and unrelated, vs warped-ab and grey copies."""
     net.eval()
     sums = dict.fromkeys(("net", "warped", "grey", "u_net", "u_warped", "u_grey", "mse",
-                          "mse_warped"), 0.0)
+                          "mse_warped", "mse_full", "mse_full_warped"), 0.0)
     unrelated = np.roll(val_idx, -1)
     for start in range(0, len(val_idx), 16):
         for prefix, refs in (("", val_idx), ("u_", unrelated)):
@@ -274,6 +324,9 @@ def validate(net: ColorNet, data: dict, val_idx: np.ndarray) -> dict[str, float]
             if not prefix:
                 sums["mse"] += F.mse_loss(pred, truth).item() * n
                 sums["mse_warped"] += F.mse_loss(warped, truth).item() * n
+                pred, warped, truth = run_batch(net, batch, full=True)
+                sums["mse_full"] += F.mse_loss(pred, truth).item() * n
+                sums["mse_full_warped"] += F.mse_loss(warped, truth).item() * n
     train_mode(net)
     return {k: v / len(val_idx) for k, v in sums.items()}
 
@@ -369,6 +422,11 @@ def main(argv: list[str] | None = None) -> int:
                         "colour the held-out photos through the whole colorize stage (PSNR as "
                         "evaluate.py images gives it; ~1.5 min) and keep the best state by "
                         "that, related + --unrelated-weight x unrelated dB")
+    parser.add_argument("--full-res", action="store_true", help="score the training loss "
+                        "at the working resolution after the guided upsampling inference "
+                        "applies (guided_upsample), not on the net's half-resolution output")
+    parser.add_argument("--beta", type=float, default=SMOOTH_L1_BETA, help="smooth-L1 beta, "
+                        "ab / 100 units (large: squared error, what PSNR measures)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
@@ -474,14 +532,15 @@ def main(argv: list[str] | None = None) -> int:
         refs[swap] = rng.choice(train_idx, int(swap.sum()))
         batch = gather(data, targets, refs, rng.random(args.batch) < 0.5)
         top, left = rng.integers(0, grid - args.crop + 1, 2)
-        pred, warped, truth = run_batch(net, batch, (int(top), int(left), args.crop, args.crop))
+        pred, warped, truth = run_batch(net, batch, (int(top), int(left), args.crop, args.crop),
+                                        args.full_res)
         weights = torch.from_numpy(np.where(swap, args.unrelated_weight, 1.0)).float()
-        loss = loss_fn(pred, truth, weights)
+        loss = loss_fn(pred, truth, weights, args.beta)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         step += 1
-        running += (loss.item(), loss_fn(warped.detach(), truth, weights).item())
+        running += (loss.item(), loss_fn(warped.detach(), truth, weights, args.beta).item())
         if step % 25 == 0:
             logger.info("step %d lr %.2e train loss %.5f (warped-ab copy %.5f) %.2f s/step",
                         step, lr, running[0] / 25, running[1] / 25,
@@ -509,7 +568,8 @@ def fmt(scores: dict[str, float]) -> str:
     photos = (f"; photos {scores['photos']:.3f} dB, unrelated {scores['u_photos']:.3f} dB"
               if "photos" in scores else "")
     return (f"related {scores['net']:.5f} (warped {scores['warped']:.5f}, grey "
-            f"{scores['grey']:.5f}; mse {scores['mse']:.6f} vs warped {scores['mse_warped']:.6f})"
+            f"{scores['grey']:.5f}; mse {scores['mse']:.6f} vs warped {scores['mse_warped']:.6f};"
+            f" at full resolution {scores['mse_full']:.6f} vs {scores['mse_full_warped']:.6f})"
             f" unrelated {scores['u_net']:.5f} (warped {scores['u_warped']:.5f}, grey "
             f"{scores['u_grey']:.5f}){photos}")
 

@@ -1,10 +1,19 @@
-"""scripts/train.py's refusal of a missing data folder (the rest needs ../shared/data/train)."""
+"""scripts/train.py without ../shared: its refusal of a missing data folder, and its torch
+copy of the guided upsampling (the rest needs ../shared/data/train)."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from vidcolor.colorize import upsampling_coefficients
+from vidcolor.model import AB_SCALE
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -19,3 +28,30 @@ def test_missing_data_folder_is_one_line_and_writes_nothing(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and str(missing) in lines[0] and "--data" in lines[0]
     assert not run.exists()
+
+
+def test_training_upsampling_is_what_colorize_applies(monkeypatch):
+    """train.py --full-res scores the net through `guided_upsample`; it must be colorize's
+    own guided upsampling (`upsampling_coefficients`, then A * L + B), or training would
+    optimise something inference does not output."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    spec = importlib.util.spec_from_file_location("train_script", SCRIPTS / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    rng = np.random.default_rng(3)
+    half, size = 12, 24
+    luma = cv2.resize(rng.uniform(0.1, 0.9, (6, 6)).astype(np.float32), (size, size))
+    ab = rng.uniform(-40, 40, (half, half, 2)).astype(np.float32)
+    ab[:4] *= 0.05  # some cells keep little of the matched chroma
+    slope = rng.uniform(-60, 60, (half, half, 2)).astype(np.float32)
+    window_luma = rng.uniform(0.1, 0.9, (half, half, 1)).astype(np.float32)
+    matched = rng.uniform(-50, 50, (half, half, 2)).astype(np.float32)
+    values = np.concatenate([ab, slope, window_luma, matched], -1)
+    for radius in (1, 2):
+        coef = upsampling_coefficients(values.copy(), luma, radius, train.GUIDE_EPS)
+        expected = coef[..., :2] * luma[..., None] + coef[..., 2:]
+        as_torch = torch.from_numpy(values).permute(2, 0, 1)[None]
+        got = train.guided_upsample(as_torch[:, :2] / AB_SCALE, as_torch[:, 2:],
+                                    torch.from_numpy(luma)[None, None], radius)
+        got = got[0].permute(1, 2, 0).numpy() * AB_SCALE
+        assert np.abs(got - expected).max() < 1e-3

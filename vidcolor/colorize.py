@@ -219,15 +219,8 @@ class Colorizer:
             reference_rgb.shape[1], reference_rgb.shape[0], width, height, self.device,
         )
         carry = None
-        if self.opts.guide_radius_px > 0:  # the reference's local ab = A * L + B, carried to
-            # the target for the guided upsampling: slope A, the window's mean lightness, and
-            # the plain ab (to see how much of it the network kept)
-            slope, window_luma, _ = _local_linear_fit(
-                lab_work[..., 0] / 100.0, lab_work[..., 1:], self.opts.guide_radius_px,
-                self.opts.guide_eps,
-            )
-            # (h, w, CARRIED_CHANNELS), in the order _colorize_batch reads them back
-            carried = np.concatenate([slope, window_luma, lab_work[..., 1:]], -1)
+        if self.opts.guide_radius_px > 0:
+            carried = reference_carry(lab_work, self.opts.guide_radius_px, self.opts.guide_eps)
             carry = torch.from_numpy(carried).permute(2, 0, 1).unsqueeze(0).to(self.device)
         return self.model.encode_reference(
             lab_t[:, :1] / 100.0, lab_t[:, 1:], self.opts.feature_stride_px, carry
@@ -250,18 +243,11 @@ class Colorizer:
             [cv2.resize(luma, shape[::-1], interpolation=cv2.INTER_AREA) for luma in lumas]
         )  # (B, h, w) float32 luminance
         values = self._network_ab(work)  # (B, h/s, w/s, 2 or 7): ab, then what was carried
-        outputs = []
-        for luma, luma_work, grid_values in zip(lumas, work, values, strict=True):
-            grid_values = cv2.resize(grid_values, shape[::-1], interpolation=cv2.INTER_LINEAR)
-            ab_work, carried = grid_values[..., :2], None
-            if grid_values.shape[-1] == 2 + CARRIED_CHANNELS:  # the matched reference's
-                carried = grid_values[..., 2:5]  # slope and window lightness, then its ab
-                carried[..., :2] *= _kept_chroma(ab_work, grid_values[..., 5:7])
-            coef = _guided_coefficients(
-                luma_work, ab_work, self.opts.guide_radius_px, self.opts.guide_eps, carried
-            )
-            outputs.append(self._compose(luma, coef))
-        return outputs
+        radius, eps = self.opts.guide_radius_px, self.opts.guide_eps
+        return [
+            self._compose(luma, upsampling_coefficients(grid_values, luma_work, radius, eps))
+            for luma, luma_work, grid_values in zip(lumas, work, values, strict=True)
+        ]
 
     def _network_ab(self, work: np.ndarray) -> np.ndarray:
         """(B, h, w) float32 luminance -> (B, h/s, w/s, 2 + k) float32 ab (then the k carried
@@ -396,6 +382,32 @@ def _local_linear_fit(
     cov_ip = box(guide[..., None] * src) - mean_i * mean_p
     var_i = box(guide * guide) - mean_i * mean_i
     return (cov_ip / (var_i + eps)).astype(np.float32), mean_i, mean_p
+
+
+def upsampling_coefficients(
+    values: np.ndarray, luma_work: np.ndarray, radius_px: int, eps: float
+) -> np.ndarray:
+    """Guided-filter coefficients at working size (`_guided_coefficients`) of the network's
+    output, (h', w', 2 or 2 + CARRIED_CHANNELS) float32 ab then what the attention carried, for
+    the (h, w) float32 working luminance in [0, 1]: the filtered ab is A * L + B at any size.
+    scripts/train.py repeats these maths in torch (`guided_upsample`) to train through them."""
+    values = cv2.resize(values, luma_work.shape[::-1], interpolation=cv2.INTER_LINEAR)
+    ab_work, carried = values[..., :2], None
+    if values.shape[-1] == 2 + CARRIED_CHANNELS:  # the matched reference's slope and window
+        carried = values[..., 2:5]  # lightness, then its ab
+        carried[..., :2] *= _kept_chroma(ab_work, values[..., 5:7])
+    return _guided_coefficients(luma_work, ab_work, radius_px, eps, carried)
+
+
+def reference_carry(lab_work: np.ndarray, radius_px: int, eps: float) -> np.ndarray:
+    """(h, w, CARRIED_CHANNELS) float32 of a (h, w, 3) Lab reference at working size: its
+    local ab = A * L + B (slope A, the window's mean lightness), then its plain ab (to see how
+    much of it the network kept), in the order `_colorize_batch` reads them back. The
+    attention carries them to the target for the guided upsampling; training feeds the same."""
+    slope, window_luma, _ = _local_linear_fit(
+        lab_work[..., 0] / 100.0, lab_work[..., 1:], radius_px, eps
+    )
+    return np.concatenate([slope, window_luma, lab_work[..., 1:]], -1).astype(np.float32)
 
 
 def _kept_chroma(ab: np.ndarray, matched_ab: np.ndarray) -> np.ndarray:
