@@ -57,7 +57,10 @@ VAL_EVERY = 20  # every Nth photo (sorted) is held out for validation
 PCA_PHOTOS = 200  # photos whose hypercolumns give the fixed PCA basis
 ENCODE_BATCH = 16  # photos per backbone call while caching
 SMOOTH_L1_BETA = 0.1  # in ab / 100 units: quadratic below 10 ab units
-CACHE_VERSION = 2  # 2: full-resolution true ab and the reference's carried guide channels
+# 2: full-resolution true ab and the reference's carried guide channels; 3: the backbone's
+# batch norms in eval mode (before, the cache held features normalised by each batch of 16
+# photos, which inference never sees, and the build overwrote the ImageNet statistics)
+CACHE_VERSION = 3
 GUIDE_EPS = ColorizeOptions(method="net").guide_eps  # the guided upsampling's, as colorize uses
 # The shipped net's backbone taps. Adding block 8 (as the matcher does) was tried: it gave the
 # trained net nothing (MODEL_CARD.md), so the caches and the recipe keep these.
@@ -92,6 +95,7 @@ def lab_tensors(labs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def pca_basis(net: ColorNet, paths: list[Path], seed: int, dims: int) -> torch.Tensor:
     """(C, dims) top uncentred principal directions of target and reference hypercolumns."""
+    net.backbone.eval()  # ImageNet batch-norm statistics, as at inference
     gram = None
     for start in range(0, len(paths), ENCODE_BATCH):
         pairs = [make_pair(p, seed) for p in paths[start : start + ENCODE_BATCH]]
@@ -113,6 +117,7 @@ def build_cache(net: ColorNet, paths: list[Path], cache: Path, seed: int,
     The PCA basis is computed from the photos unless given: every further pair set of the same
     photos (another augmentation seed) must be projected on the first set's basis.
     """
+    net.backbone.eval()  # the features inference computes: ImageNet batch-norm statistics
     meta_path = cache / "meta.json"
     meta = {"version": CACHE_VERSION, "seed": seed, "n": len(paths), "work_px": WORK_PX,
             "guide_radius_px": GUIDE_RADIUS_PX["net"], "guide_eps": GUIDE_EPS,
@@ -122,9 +127,13 @@ def build_cache(net: ColorNet, paths: list[Path], cache: Path, seed: int,
     meta = json.loads(json.dumps(meta))  # tuples -> lists, as read back from the file
     if meta_path.is_file() and cache_identity(json.loads(meta_path.read_text())) == \
             cache_identity(meta):
-        logger.info("using the cache in %s", cache)
-        net.feature_proj.copy_(torch.from_numpy(np.load(cache / "feature_proj.npy")))
-        return {k: np.load(cache / f"{k}.npy", mmap_mode="r") for k in cache_shapes(net.config)}
+        cached_basis = torch.from_numpy(np.load(cache / "feature_proj.npy"))
+        if basis is None or torch.equal(cached_basis, basis):
+            logger.info("using the cache in %s", cache)
+            net.feature_proj.copy_(cached_basis)
+            return {k: np.load(cache / f"{k}.npy", mmap_mode="r")
+                    for k in cache_shapes(net.config)}
+        logger.info("the cache in %s has another PCA basis: building it again", cache)
     cache.mkdir(parents=True, exist_ok=True)
     meta_path.unlink(missing_ok=True)  # an interrupted build must not look complete
     started = time.perf_counter()
@@ -452,7 +461,11 @@ def main(argv: list[str] | None = None) -> int:
                              lightness_regression=args.lightness_regression))
     net.backbone.load_state_dict(load_model("match", device="cpu").backbone.state_dict())
     paths = sorted(p for p in args.data.iterdir() if p.suffix.lower() in (".jpg", ".png"))
-    pair_sets = [build_cache(net, paths, args.run / "cache", args.seed)]
+    init_state = {} if args.init is None else torch.load(
+        args.init, map_location="cpu", weights_only=True)["state_dict"]
+    # a fine-tune keeps the checkpoint's projection: its learned layers read features on it
+    pair_sets = [build_cache(net, paths, args.run / "cache", args.seed,
+                             init_state.get("feature_proj"))]
     for k in range(1, args.pairs):
         basis = net.feature_proj.clone()
         pair_sets.append(build_cache(net, paths, args.run / f"cache_{k}", args.seed + k, basis))
@@ -477,8 +490,6 @@ def main(argv: list[str] | None = None) -> int:
         scores |= photo_psnr(net, [paths[i] for i in val_idx])
         return scores, -(scores["photos"] + args.unrelated_weight * scores["u_photos"])
 
-    init_state = {} if args.init is None else torch.load(
-        args.init, map_location="cpu", weights_only=True)["state_dict"]
     # with --init (repeat it with --resume): the parameters the checkpoint lacks
     new_layers = {n for n, _ in net.named_parameters()
                   if init_state and n not in init_state and not n.startswith("backbone.")}

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 import torch
 
 from vidcolor.colorize import upsampling_coefficients
-from vidcolor.model import AB_SCALE
+from vidcolor.model import AB_SCALE, ColorNet, NetConfig
+from vidcolor.weights import load_model
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -30,14 +32,20 @@ def test_missing_data_folder_is_one_line_and_writes_nothing(tmp_path):
     assert not run.exists()
 
 
-def test_training_upsampling_is_what_colorize_applies(monkeypatch):
+@pytest.fixture
+def train(monkeypatch):
+    """scripts/train.py as a module (it imports its neighbour evaluate.py)."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    spec = importlib.util.spec_from_file_location("train_script", SCRIPTS / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_training_upsampling_is_what_colorize_applies(train):
     """train.py --full-res scores the net through `guided_upsample`; it must be colorize's
     own guided upsampling (`upsampling_coefficients`, then A * L + B), or training would
     optimise something inference does not output."""
-    monkeypatch.syspath_prepend(str(SCRIPTS))
-    spec = importlib.util.spec_from_file_location("train_script", SCRIPTS / "train.py")
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
     rng = np.random.default_rng(3)
     half, size = 12, 24
     luma = cv2.resize(rng.uniform(0.1, 0.9, (6, 6)).astype(np.float32), (size, size))
@@ -55,3 +63,28 @@ def test_training_upsampling_is_what_colorize_applies(monkeypatch):
                                     torch.from_numpy(luma)[None, None], radius)
         got = got[0].permute(1, 2, 0).numpy() * AB_SCALE
         assert np.abs(got - expected).max() < 1e-3
+
+
+def test_cached_features_are_the_ones_inference_computes(train, tmp_path):
+    """The cache must hold the backbone's features as inference computes them, with the
+    batch norms' ImageNet statistics: a net constructed in training mode once cached
+    features normalised per batch of photos (and overwrote those statistics)."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for index in range(3):  # smooth random colour photos, larger than the training crop
+        small = rng.integers(0, 256, (9, 10, 3), dtype=np.uint8)
+        photo = cv2.resize(small, (300, 280), interpolation=cv2.INTER_CUBIC)
+        paths.append(tmp_path / f"photo{index}.png")
+        cv2.imwrite(str(paths[-1]), photo)
+    net = ColorNet(NetConfig(kind="net", feature_blocks=train.NET_FEATURE_BLOCKS))
+    net.backbone.load_state_dict(load_model("match", device="cpu").backbone.state_dict())
+    assert net.backbone.training  # as train.py constructs it
+    statistics = {k: v.clone() for k, v in net.backbone.state_dict().items()}
+    basis = train.pca_basis(net, paths, 0, net.config.feature_dims)
+    data = train.build_cache(net, paths, tmp_path / "cache", 0, basis)
+    assert all(torch.equal(v, statistics[k]) for k, v in net.backbone.state_dict().items())
+    luma = torch.from_numpy(np.asarray(data["luma_t"], np.float32))
+    with torch.inference_mode():
+        expected = net.eval().project(net.backbone(luma, train.GRID_PX))
+    cached = torch.from_numpy(np.asarray(data["feat_t"], np.float32))
+    assert ((cached - expected).norm() / expected.norm()).item() < 1e-2
