@@ -29,7 +29,7 @@ BACKBONE_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf7
 _REGISTRY: dict[str, NetConfig] = {"match": NetConfig(kind="match"), "net": NetConfig(kind="net")}
 # name -> (file in the models folder, sha256) of our own trained weights (see models/MODEL_CARD.md)
 _SHIPPED: dict[str, tuple[str, str]] = {
-    "net": ("colornet.pt", "bc2e71cafdaf03cb424770ad9534c094b6e8c3b2830df60d0d8ef9d897c3d11e"),
+    "net": ("colornet.pt", "a3805ece3993cc5c12aa7aca8980e55c1725390dfb0573a42b25fbd264479d04"),
 }
 _BACKBONE_KEYS = "backbone."  # state-dict prefix of the backbone: in checkpoints only its
 # fine-tuned blocks (`_is_trained`)
