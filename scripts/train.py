@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-every", type=int, default=250, help="steps between validations")
     parser.add_argument("--pairs", type=int, default=1, help="augmented pairs per photo: "
                         "pair set k is drawn with seed + k and cached in RUN/cache (k = 0) "
-                        "or RUN/cache_k (13 min and 2.9 GB each on a 2-core CPU)")
+                        "or RUN/cache_k (3.3 GB and 3 min each on a quiet 2-core CPU)")
     parser.add_argument("--strong", type=int, default=0, help="further pair sets whose "
                         "references are distorted twice as hard (related but less aligned, as "
                         "a film's later frames are to its first); cached in RUN/cache_strong_k")
