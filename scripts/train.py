@@ -4,10 +4,12 @@ Self-augmented training pairs (Color2Embed / SSCN): each photo's random 256 px s
 target, and its reference is the same square distorted by `evaluate.augment_reference` (flip,
 TPS warp, rotation, crop; no colour change). Both go to the 192 x 192 working size. What is
 frozen is computed once and cached in fp16 under --cache (git-ignored runs/): the backbone's
-hypercolumns of target and reference projected on a training-set PCA basis, target luminance,
-true ab at stride 2 and the reference's grid ab and luminance. Training then runs only the
-learned attention, confidence and decoder. ~20 % of the pairs get another photo's reference
-(unrelated), so the net learns to fall back to low chroma when nothing matches.
+hypercolumns of target and reference (batch norms in eval mode, as at inference) projected on a
+training-set PCA basis, target luminance, true ab at stride 2 and at full resolution, and the
+reference's grid ab, luminance and the guide channels colorize carries with its colours.
+Training then runs only the learned attention, confidence and decoder. ~20 % of the pairs get
+another photo's reference (unrelated), so the net learns to fall back to low chroma when
+nothing matches.
 
 Validation: every 20th photo (sorted by name) is held out, each scored with its own reference
 ("related") and with the next held-out photo's ("unrelated"). Logged against two baselines:
