@@ -262,28 +262,36 @@ def gather(data: dict, targets: np.ndarray, refs: np.ndarray, flip: np.ndarray |
 
 
 def run_batch(net: ColorNet, batch: dict, crop: tuple[int, int, int, int] | None = None,
-              full: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Predicted ab, warped ab and true ab, all (B, 2, 2h, 2w) / AB_SCALE (of the crop); with
-    `full`, the first two brought to (B, 2, 4h, 4w) by the guided upsampling colorize applies
-    (`guided_upsample`) and the truth at that resolution."""
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The net on a batch: predicted ab / AB_SCALE (B, 2, 2h, 2w) and the warped values (B,
+    2 + CARRIED_CHANNELS, 2h, 2w), ab / AB_SCALE then the carried channels (of the crop)."""
     feat_r = tuned_features(net, batch["feat_r"], batch.get("mid_r"))
     feat_t = tuned_features(net, batch["feat_t"], batch.get("mid_t"))
     values_r = torch.cat([batch["ab_r"], batch["carry_r"]], 1)  # what colorize feeds
     reference = net.encode_grid(feat_r, batch["luma_r"], values_r, GRID_PX)
-    pred, warped = net.decode(feat_t, batch["luma_t"], reference, crop)
-    truth, luma = batch["ab_t_full" if full else "ab_t"], batch["luma_t"]
-    scale = 4 if full else 2  # truth px per grid cell
+    return net.decode(feat_t, batch["luma_t"], reference, crop)
+
+
+def scored(pred: torch.Tensor, warped: torch.Tensor, batch: dict,
+           crop: tuple[int, int, int, int] | None = None, full: bool = False,
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`run_batch`'s outputs as scored: predicted, warped and true ab, all (B, 2, 2h, 2w) /
+    AB_SCALE (of the crop); with `full`, the first two brought to (B, 2, 4h, 4w) by the guided
+    upsampling colorize applies (`guided_upsample`) and the truth at that resolution."""
+    if not full:
+        truth = batch["ab_t"]
+        if crop is not None:
+            top, left, height, width = crop
+            truth = truth[..., 2 * top : 2 * (top + height), 2 * left : 2 * (left + width)]
+        return pred, warped[:, :2], truth
+    truth, luma = batch["ab_t_full"], batch["luma_t"]  # both at the working resolution
     if crop is not None:
         top, left, height, width = crop
-        rows = slice(scale * top, scale * (top + height))
-        cols = slice(scale * left, scale * (left + width))
-        truth, luma = truth[..., rows, cols], luma[..., 4 * top : 4 * (top + height),
-                                                      4 * left : 4 * (left + width)]
-    if full:
-        carried = warped[:, 2:]
-        pred = guided_upsample(pred, carried, luma, GUIDE_RADIUS_PX["net"])
-        warped = guided_upsample(warped[:, :2], carried, luma, GUIDE_RADIUS_PX["net"])
-    return pred, warped[:, :2], truth
+        rows, cols = slice(4 * top, 4 * (top + height)), slice(4 * left, 4 * (left + width))
+        truth, luma = truth[..., rows, cols], luma[..., rows, cols]
+    carried = warped[:, 2:]
+    return (guided_upsample(pred, carried, luma, GUIDE_RADIUS_PX["net"]),
+            guided_upsample(warped[:, :2], carried, luma, GUIDE_RADIUS_PX["net"]), truth)
 
 
 def guided_upsample(ab: torch.Tensor, carried: torch.Tensor, luma: torch.Tensor,
@@ -327,7 +335,8 @@ def validate(net: ColorNet, data: dict, val_idx: np.ndarray) -> dict[str, float]
     for start in range(0, len(val_idx), 16):
         for prefix, refs in (("", val_idx), ("u_", unrelated)):
             batch = gather(data, val_idx[start : start + 16], refs[start : start + 16])
-            pred, warped, truth = run_batch(net, batch)
+            outputs = run_batch(net, batch)
+            pred, warped, truth = scored(*outputs, batch)
             n = len(truth)
             sums[prefix + "net"] += loss_fn(pred, truth).item() * n
             sums[prefix + "warped"] += loss_fn(warped, truth).item() * n
@@ -335,7 +344,7 @@ def validate(net: ColorNet, data: dict, val_idx: np.ndarray) -> dict[str, float]
             if not prefix:
                 sums["mse"] += F.mse_loss(pred, truth).item() * n
                 sums["mse_warped"] += F.mse_loss(warped, truth).item() * n
-                pred, warped, truth = run_batch(net, batch, full=True)
+                pred, warped, truth = scored(*outputs, batch, full=True)
                 sums["mse_full"] += F.mse_loss(pred, truth).item() * n
                 sums["mse_full_warped"] += F.mse_loss(warped, truth).item() * n
     train_mode(net)
@@ -545,8 +554,8 @@ def main(argv: list[str] | None = None) -> int:
         refs[swap] = rng.choice(train_idx, int(swap.sum()))
         batch = gather(data, targets, refs, rng.random(args.batch) < 0.5)
         top, left = rng.integers(0, grid - args.crop + 1, 2)
-        pred, warped, truth = run_batch(net, batch, (int(top), int(left), args.crop, args.crop),
-                                        args.full_res)
+        crop = (int(top), int(left), args.crop, args.crop)
+        pred, warped, truth = scored(*run_batch(net, batch, crop), batch, crop, args.full_res)
         weights = torch.from_numpy(np.where(swap, args.unrelated_weight, 1.0)).float()
         loss = loss_fn(pred, truth, weights, args.beta)
         opt.zero_grad(set_to_none=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 from fractions import Fraction
 from pathlib import Path
@@ -14,6 +15,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
 SHARED_DATA = ROOT.parent / "shared" / "data"
+SCRIPTS = ROOT / "scripts"
+
+
+def load_script(monkeypatch: pytest.MonkeyPatch, name: str):
+    """scripts/NAME.py as a module, with scripts/ on the path for its neighbours."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    spec = importlib.util.spec_from_file_location(f"{name}_script", SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def moving_bars(index: int, width: int, height: int) -> np.ndarray:

@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+from conftest import load_script
 from PIL import Image
 
 from vidcolor import io
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 METRIC_COLUMNS = ("PSNR dB", "SSIM", "Ewarp RGB", "Ewarp ab", "CDC", "fps")
 
 
 @pytest.fixture
 def evaluate(monkeypatch):
     """scripts/evaluate.py as a module (it imports its neighbour video_metrics.py)."""
-    monkeypatch.syspath_prepend(str(SCRIPTS))
-    spec = importlib.util.spec_from_file_location("evaluate_script", SCRIPTS / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(monkeypatch, "evaluate")
 
 
 def moving_colour(index: int, width: int, height: int) -> np.ndarray:

@@ -3,21 +3,18 @@ copy of the guided upsampling (the rest needs ../shared/data/train)."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import SCRIPTS, load_script
 
 from vidcolor.colorize import upsampling_coefficients
 from vidcolor.model import AB_SCALE, ColorNet, NetConfig
 from vidcolor.weights import load_model
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 def test_missing_data_folder_is_one_line_and_writes_nothing(tmp_path):
@@ -35,11 +32,7 @@ def test_missing_data_folder_is_one_line_and_writes_nothing(tmp_path):
 @pytest.fixture
 def train(monkeypatch):
     """scripts/train.py as a module (it imports its neighbour evaluate.py)."""
-    monkeypatch.syspath_prepend(str(SCRIPTS))
-    spec = importlib.util.spec_from_file_location("train_script", SCRIPTS / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(monkeypatch, "train")
 
 
 def test_training_upsampling_is_what_colorize_applies(train):

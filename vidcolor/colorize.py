@@ -402,7 +402,7 @@ def upsampling_coefficients(
 def reference_carry(lab_work: np.ndarray, radius_px: int, eps: float) -> np.ndarray:
     """(h, w, CARRIED_CHANNELS) float32 of a (h, w, 3) Lab reference at working size: its
     local ab = A * L + B (slope A, the window's mean lightness), then its plain ab (to see how
-    much of it the network kept), in the order `_colorize_batch` reads them back. The
+    much of it the network kept), in the order `upsampling_coefficients` reads them back. The
     attention carries them to the target for the guided upsampling; training feeds the same."""
     slope, window_luma, _ = _local_linear_fit(
         lab_work[..., 0] / 100.0, lab_work[..., 1:], radius_px, eps
