@@ -96,8 +96,11 @@ def lab_tensors(labs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def pca_basis(net: ColorNet, paths: list[Path], seed: int, dims: int) -> torch.Tensor:
-    """(C, dims) top uncentred principal directions of target and reference hypercolumns."""
+    """(C, dims) top uncentred principal directions of target and reference hypercolumns of
+    PCA_PHOTOS of the photos, evenly spread."""
     net.backbone.eval()  # ImageNet batch-norm statistics, as at inference
+    spread = np.linspace(0, len(paths) - 1, min(PCA_PHOTOS, len(paths))).astype(int)
+    paths = [paths[i] for i in spread]
     gram = None
     for start in range(0, len(paths), ENCODE_BATCH):
         pairs = [make_pair(p, seed) for p in paths[start : start + ENCODE_BATCH]]
@@ -140,8 +143,7 @@ def build_cache(net: ColorNet, paths: list[Path], cache: Path, seed: int,
     meta_path.unlink(missing_ok=True)  # an interrupted build must not look complete
     started = time.perf_counter()
     if basis is None:
-        pca_paths = [paths[i] for i in np.linspace(0, len(paths) - 1, PCA_PHOTOS).astype(int)]
-        basis = pca_basis(net, pca_paths, seed, net.config.feature_dims)
+        basis = pca_basis(net, paths, seed, net.config.feature_dims)
     net.feature_proj.copy_(basis)
     np.save(cache / "feature_proj.npy", basis.numpy())
     grid, half = WORK_PX // GRID_PX, WORK_PX // 2
@@ -447,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
                         "applies (guided_upsample), not on the net's half-resolution output")
     parser.add_argument("--beta", type=float, default=SMOOTH_L1_BETA, help="smooth-L1 beta, "
                         "ab / 100 units (large: squared error, what PSNR measures)")
+    parser.add_argument("--new-basis", action="store_true", help="with --init: compute the "
+                        "PCA basis again and map the checkpoint's layers onto it "
+                        "(ColorNet.change_basis), for a checkpoint whose basis is stale")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
@@ -474,6 +479,10 @@ def main(argv: list[str] | None = None) -> int:
     paths = sorted(p for p in args.data.iterdir() if p.suffix.lower() in (".jpg", ".png"))
     init_state = {} if args.init is None else torch.load(
         args.init, map_location="cpu", weights_only=True)["state_dict"]
+    if args.new_basis and init_state:  # the net's layers mapped onto a basis computed anew
+        net.load_state_dict(init_state, strict=False)
+        net.change_basis(pca_basis(net, paths, args.seed, net.config.feature_dims))
+        init_state = {k: v for k, v in net.state_dict().items() if k in init_state}
     # a fine-tune keeps the checkpoint's projection: its learned layers read features on it
     pair_sets = [build_cache(net, paths, args.run / "cache", args.seed,
                              init_state.get("feature_proj"))]

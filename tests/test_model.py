@@ -472,3 +472,27 @@ def test_matcher_consensus_reads_a_mirrored_reference_as_mirrored(net, monkeypat
     assert [r.tolist() for r in read] == [[False], [True]]
     monkeypatch.setattr(model_module, "_mirrored", lambda col, hood: torch.tensor([False]))
     assert flipped < 0.8 * error(luma.flip(-1), ab.flip(-1)) and straight < flipped
+
+
+def test_change_basis_keeps_what_both_bases_hold():
+    """On a basis spanning the same space (the old one, rotated) the net gives what it gave;
+    the layers that read projected features are what changed, the rest is untouched."""
+    torch.manual_seed(0)
+    net = ColorNet(TINY_NET).eval()
+    with torch.no_grad():
+        net.decoder.out.weight.normal_(0.0, 0.3)  # trained-looking: the decoder's say counts
+        net.query.weight.normal_(0.0, 0.5)
+    rotation, _ = torch.linalg.qr(torch.randn(TINY_NET.feature_dims, TINY_NET.feature_dims,
+                                              generator=torch.Generator().manual_seed(1)))
+    ref_luma, ref_ab = smooth_luma(64, 64, seed=4), torch.randn(1, 2, 64, 64) * 20
+    target = smooth_luma(64, 64, seed=5)
+
+    def output() -> torch.Tensor:
+        with torch.inference_mode():
+            return net(target, net.encode_reference(ref_luma, ref_ab))
+
+    before, old_state = output(), {k: v.clone() for k, v in net.state_dict().items()}
+    net.change_basis(net.feature_proj @ rotation)
+    changed = {k for k, v in net.state_dict().items() if not torch.equal(v, old_state[k])}
+    assert changed == {"feature_proj", "query.weight", "key.weight", "decoder.enter.0.weight"}
+    torch.testing.assert_close(output(), before, atol=1e-4, rtol=1e-4)

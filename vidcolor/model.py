@@ -333,6 +333,23 @@ class ColorNet(nn.Module):
             self.consensus = nn.Parameter(consensus_taps(cfg).log().repeat(2, 1))
         self.decoder = _Decoder(cfg)
 
+    @torch.no_grad()
+    def change_basis(self, basis: torch.Tensor) -> None:
+        """Project the hypercolumns on `basis` (C, F) from now on, and map the layers that read
+        projected features onto it, so that what both bases hold is read as before.
+
+        Why: a trained net's basis may miss energy of the features inference computes (steps
+        1-7 computed theirs on batch-statistics features); a fine-tune from the mapped layers
+        starts where the net was and can learn to use what the new basis adds. Exact when the
+        two bases span the same space."""
+        overlap = self.feature_proj.T @ basis  # (F, F): old projection ~= overlap @ new one
+        dims = basis.shape[1]
+        self.query.weight.copy_(self.query.weight @ overlap)
+        self.key.weight.copy_(self.key.weight @ overlap)
+        enter = self.decoder.enter[0].weight  # (out, F + ..., 1, 1): the features come first
+        enter[:, :dims, 0, 0] = enter[:, :dims, 0, 0] @ overlap
+        self.feature_proj.copy_(basis)
+
     def encode_reference(
         self, ref_luma: torch.Tensor, ref_ab: torch.Tensor, grid_stride_px: int | None = None,
         carry: torch.Tensor | None = None,
