@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from conftest import PHOTO_SIZE, photo_shots, write_clip
 from PIL import Image
 from typer.testing import CliRunner
@@ -24,7 +23,6 @@ from vidcolor.cli import app
 from vidcolor.colorize import Colorizer
 from vidcolor.frames import rgb_to_lab
 from vidcolor.gallery import GALLERY_DIR, gallery_stills, stored_overall
-from vidcolor.model import ColorNet, NetConfig
 from vidcolor.provenance import sha256_file
 from vidcolor.references import (
     Describer,
@@ -35,7 +33,7 @@ from vidcolor.references import (
     read_reference_map,
 )
 from vidcolor.temporal import TemporalOptions
-from vidcolor.weights import imagenet_backbone, load_model
+from vidcolor.weights import load_model
 
 CUT_AT = 12  # first frame of the second shot
 runner = CliRunner()
@@ -272,22 +270,3 @@ def test_the_reports_match_confidence_sees_a_sideways_film_upright(two_photo_cli
     turned = MatchConfidence(model, plan, io.probe(sideways_clip).upright_turns)(stored)
     as_stored = MatchConfidence(model, plan)(stored)
     assert abs(turned - upright) < 0.25 * abs(as_stored - upright)  # 0.81, 0.81 and 0.54 here
-
-
-def test_a_net_with_fine_tuned_blocks_is_described_with_the_imagenet_weights():
-    """The §4 score's thresholds and the gallery's stored descriptors are the ImageNet
-    backbone's: a net that fine-tuned its own blocks must not move them."""
-    blocks = (2, 4, 10, 14)
-    tuned = ColorNet(NetConfig(kind="net", feature_blocks=blocks, tuned_from=10)).eval()
-    plain = ColorNet(NetConfig(kind="net", feature_blocks=blocks)).eval()
-    plain.backbone.load_state_dict(imagenet_backbone(blocks).state_dict())
-    tuned.backbone.load_state_dict(plain.backbone.state_dict())
-    with torch.no_grad():  # "fine-tuned" blocks, far from ImageNet's
-        for param in tuned.backbone._blocks[10:].parameters():
-            param.add_(torch.randn_like(param) * 0.1)
-    still = io.load_still(gallery_stills()[0])
-    described = Describer(tuned).describe_rgb(still).overall
-    np.testing.assert_allclose(described, Describer(plain).describe_rgb(still).overall, atol=1e-5)
-    unguarded = Describer(plain)
-    unguarded.backbone = tuned.backbone  # what describing with the net's own blocks would give
-    assert np.abs(unguarded.describe_rgb(still).overall - described).max() > 1e-2

@@ -30,7 +30,6 @@ from .backbone import hypercolumn_channels
 from .errors import OptionsError, ReferenceImageError
 from .frames import Frame, VideoInfo
 from .temporal import ResetTest, TemporalOptions
-from .weights import imagenet_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -87,20 +86,17 @@ class Describer:
     """Describe images with a colouriser's frozen backbone, as the §4 score wants them.
 
     Args:
-        model: a colouriser from `weights.load_model` (its `backbone` is used, on its device;
-            a net that fine-tuned its own blocks is described with the ImageNet weights).
+        model: a colouriser from `weights.load_model` (its `backbone` is used, on its device).
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
-        self.device = next(model.parameters()).device
         self.backbone = model.backbone
-        if getattr(model.config, "tuned_from", 0):  # the §4 thresholds are the ImageNet ones'
-            self.backbone = imagenet_backbone(self.backbone.feature_blocks, self.device)
         blocks = self.backbone.feature_blocks
         self.semantic_blocks = blocks[-SEMANTIC_LEVELS:]  # the levels described, the last deepest
         self.semantic_from = hypercolumn_channels(blocks[:-SEMANTIC_LEVELS])
         self.deepest_from = hypercolumn_channels(blocks[:-1])
         self.level_scale = len(blocks) ** 0.5  # the backbone divides by sqrt(levels)
+        self.device = next(model.parameters()).device
 
     def describe_rgb(self, rgb: np.ndarray) -> Descriptor:
         """Descriptor of an (H, W, 3) uint8 RGB image (its luminance)."""

@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .backbone import Backbone
 from .errors import OptionsError, WeightsError
 from .model import ColorNet, MatchNet, NetConfig
 
@@ -132,17 +131,6 @@ def backbone_weights_path() -> Path:
 def _build(config: NetConfig) -> nn.Module:
     """An untrained model of `config.kind`."""
     return ColorNet(config) if config.kind == "net" else MatchNet(config)
-
-
-def imagenet_backbone(feature_blocks: tuple[int, ...], device: torch.device | str = "cpu"
-                      ) -> Backbone:
-    """A frozen backbone with the package's ImageNet weights, tapping `feature_blocks`.
-
-    For what must not change when a net fine-tunes its own blocks: the reference choice's
-    descriptors and their thresholds (and the gallery's stored ones) were made with these."""
-    backbone = Backbone(tuple(feature_blocks))
-    _load_backbone(backbone)
-    return backbone.eval().requires_grad_(False).to(device)
 
 
 def _load_backbone(backbone: nn.Module, path: Path | None = None) -> None:
