@@ -456,6 +456,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
     args = parser.parse_args(argv)
+    if args.new_basis and args.init is None:  # a fresh net computes its basis anyway
+        print("train.py: --new-basis maps a checkpoint's layers onto a new basis; pass --init "
+              "CHECKPOINT with it", file=sys.stderr)
+        return 1
     if not args.data.is_dir():  # ../shared is not beside every clone
         print(f"train.py: '{args.data}' is not a directory; pass --data DIR, the training "
               f"photos (../shared/data/train beside the project)", file=sys.stderr)
@@ -479,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = sorted(p for p in args.data.iterdir() if p.suffix.lower() in (".jpg", ".png"))
     init_state = {} if args.init is None else torch.load(
         args.init, map_location="cpu", weights_only=True)["state_dict"]
-    if args.new_basis and init_state:  # the net's layers mapped onto a basis computed anew
+    if args.new_basis:  # the net's layers mapped onto a basis computed anew
         net.load_state_dict(init_state, strict=False)
         net.change_basis(pca_basis(net, paths, args.seed, net.config.feature_dims))
         init_state = {k: v for k, v in net.state_dict().items() if k in init_state}

@@ -29,6 +29,13 @@ def test_missing_data_folder_is_one_line_and_writes_nothing(tmp_path):
     assert not run.exists()
 
 
+def test_new_basis_without_a_checkpoint_is_one_line(train, tmp_path, capsys):
+    assert train.main(["--new-basis", "--run", str(tmp_path / "run")]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "--init" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.fixture
 def train(monkeypatch):
     """scripts/train.py as a module (it imports its neighbour evaluate.py)."""
