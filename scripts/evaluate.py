@@ -250,7 +250,7 @@ def cmd_images(args: argparse.Namespace) -> int:
         for name, output in outputs.items():
             scores[name].append((psnr(output, truth), ssim(output, truth)))
         if args.verbose:
-            print(f"{path.name:48s} " + " ".join(f"{scores[n][-1][0]:6.2f}" for n in scores))
+            print(f"{path.name:48s} " + " ".join(f"{scores[n][-1][0]:7.3f}" for n in scores))
     if not scores["vidcolor"]:
         print(f"evaluate.py images: no usable colour photo in '{args.dir}'", file=sys.stderr)
         return 1
@@ -263,7 +263,7 @@ def cmd_images(args: argparse.Namespace) -> int:
     print(f"{'method':10s} {'PSNR dB':>8s} {'SSIM':>7s}")
     for name, values in scores.items():
         mean_psnr, mean_ssim = np.mean(values, axis=0)
-        print(f"{name:10s} {mean_psnr:8.2f} {mean_ssim:7.4f}")
+        print(f"{name:10s} {mean_psnr:8.3f} {mean_ssim:7.4f}")  # gains of 0.01 dB are compared
     return 0
 
 

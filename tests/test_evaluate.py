@@ -108,3 +108,19 @@ def test_images_protocol_pairs_are_seeded_per_photo(evaluate, tmp_path):
     assert not np.array_equal(reference, truth)  # distorted, not the photo itself
     wrapped = evaluate.photo_pair(paths, 2, True)[1]  # the last photo's unrelated: the first
     np.testing.assert_array_equal(wrapped, evaluate.load_rgb(paths[0]))
+
+
+def test_images_summary_is_the_mean_of_the_photos_to_three_decimals(evaluate, tmp_path, capsys):
+    """The issue's measure is a mean PSNR whose gains are compared to 0.01 dB: the summary gives
+    three decimals, and its vidcolor row is the mean of the per-photo rows."""
+    from conftest import colorful_still
+
+    for k in range(3):
+        rgb = np.roll(colorful_still(96, 80), 20 * k, axis=1)
+        Image.fromarray(rgb).save(tmp_path / f"photo_{k}.png")
+    assert evaluate.main(["images", str(tmp_path), "--method", "match", "-v"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    per_photo = [float(line.split()[3]) for line in lines if line.startswith("photo_")]
+    summary = next(line.split() for line in lines if line.startswith("vidcolor "))
+    assert len(per_photo) == 3 and len(summary[1].split(".")[1]) == 3
+    assert float(summary[1]) == pytest.approx(np.mean(per_photo), abs=2e-3)
