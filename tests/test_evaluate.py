@@ -92,15 +92,20 @@ def test_grey_copy_keeps_luma_and_audio(evaluate, clip_dir, tmp_path):
         assert [s.codec_context.name for s in container.streams.audio] == ["aac"]
 
 
+def write_photos(folder: Path, count: int = 3) -> list[Path]:
+    """`count` different colour photos photo_K.png (96x80) in `folder`, for `images`."""
+    from conftest import colorful_still
+
+    paths = [folder / f"photo_{k}.png" for k in range(count)]
+    for k, path in enumerate(paths):
+        Image.fromarray(np.roll(colorful_still(96, 80), 20 * k, axis=1)).save(path)
+    return paths
+
+
 def test_images_protocol_pairs_are_seeded_per_photo(evaluate, tmp_path):
     """The self-augmented reference depends on the seed and the file name only (train.py's
     --val-photos and `evaluate.py images` score the same pairs); unrelated is the next photo."""
-    from conftest import colorful_still
-
-    paths = []
-    for k in range(3):
-        paths.append(tmp_path / f"photo_{k}.png")
-        Image.fromarray(np.roll(colorful_still(96, 80), 20 * k, axis=1)).save(paths[-1])
+    paths = write_photos(tmp_path)
     truth, reference = evaluate.photo_pair(paths, 1, False)
     again = evaluate.photo_pair(paths, 1, False)[1]
     np.testing.assert_array_equal(reference, again)
@@ -113,11 +118,7 @@ def test_images_protocol_pairs_are_seeded_per_photo(evaluate, tmp_path):
 def test_images_summary_is_the_mean_of_the_photos_to_three_decimals(evaluate, tmp_path, capsys):
     """The issue's measure is a mean PSNR whose gains are compared to 0.01 dB: the summary gives
     three decimals, and its vidcolor row is the mean of the per-photo rows."""
-    from conftest import colorful_still
-
-    for k in range(3):
-        rgb = np.roll(colorful_still(96, 80), 20 * k, axis=1)
-        Image.fromarray(rgb).save(tmp_path / f"photo_{k}.png")
+    write_photos(tmp_path)
     assert evaluate.main(["images", str(tmp_path), "--method", "match", "-v"]) == 0
     lines = capsys.readouterr().out.splitlines()
     per_photo = [float(line.split()[3]) for line in lines if line.startswith("photo_")]
