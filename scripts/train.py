@@ -452,6 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-basis", action="store_true", help="with --init: compute the "
                         "PCA basis again and map the checkpoint's layers onto it "
                         "(ColorNet.change_basis), for a checkpoint whose basis is stale")
+    parser.add_argument("--flip-targets", type=float, default=0.5, help="share of training "
+                        "targets mirrored with their cached features (which only approximates "
+                        "the features of the mirrored photo: inference never sees them)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
@@ -459,6 +462,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.new_basis and args.init is None:  # a fresh net computes its basis anyway
         print("train.py: --new-basis maps a checkpoint's layers onto a new basis; pass --init "
               "CHECKPOINT with it", file=sys.stderr)
+        return 1
+    if not 0.0 <= args.flip_targets <= 1.0:
+        print(f"train.py: --flip-targets is a share of the targets, got {args.flip_targets}; "
+              f"pass a number from 0 to 1", file=sys.stderr)
         return 1
     if not args.data.is_dir():  # ../shared is not beside every clone
         print(f"train.py: '{args.data}' is not a directory; pass --data DIR, the training "
@@ -565,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
         refs = targets.copy()
         swap = rng.random(args.batch) < args.unrelated
         refs[swap] = rng.choice(train_idx, int(swap.sum()))
-        batch = gather(data, targets, refs, rng.random(args.batch) < 0.5)
+        batch = gather(data, targets, refs, rng.random(args.batch) < args.flip_targets)
         top, left = rng.integers(0, grid - args.crop + 1, 2)
         crop = (int(top), int(left), args.crop, args.crop)
         pred, warped, truth = scored(*run_batch(net, batch, crop), batch, crop, args.full_res)

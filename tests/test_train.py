@@ -36,6 +36,13 @@ def test_new_basis_without_a_checkpoint_is_one_line(train, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_flip_share_outside_zero_to_one_is_one_line(train, tmp_path, capsys):
+    assert train.main(["--flip-targets", "1.5", "--run", str(tmp_path / "run")]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "--flip-targets" in lines[0] and "1.5" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.fixture
 def train(monkeypatch):
     """scripts/train.py as a module (it imports its neighbour evaluate.py)."""
