@@ -29,17 +29,14 @@ def test_missing_data_folder_is_one_line_and_writes_nothing(tmp_path):
     assert not run.exists()
 
 
-def test_new_basis_without_a_checkpoint_is_one_line(train, tmp_path, capsys):
-    assert train.main(["--new-basis", "--run", str(tmp_path / "run")]) == 1
+@pytest.mark.parametrize(("options", "named"), [
+    (["--new-basis"], ["--init"]),  # a basis to map needs a checkpoint
+    (["--flip-targets", "1.5"], ["--flip-targets", "1.5"]),  # a share is from 0 to 1
+])
+def test_bad_options_are_one_line_and_write_nothing(train, tmp_path, capsys, options, named):
+    assert train.main([*options, "--run", str(tmp_path / "run")]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and "--init" in lines[0]
-    assert not (tmp_path / "run").exists()
-
-
-def test_flip_share_outside_zero_to_one_is_one_line(train, tmp_path, capsys):
-    assert train.main(["--flip-targets", "1.5", "--run", str(tmp_path / "run")]) == 1
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and "--flip-targets" in lines[0] and "1.5" in lines[0]
+    assert len(lines) == 1 and all(word in lines[0] for word in named)
     assert not (tmp_path / "run").exists()
 
 
