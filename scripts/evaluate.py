@@ -8,6 +8,9 @@ Subcommands (one function each):
                "grey" (a = b = 0) and "reinhard" (Reinhard et al. 2001 global Lab mean/std
                transfer; the target's ab is zero with zero spread, so ab becomes the
                reference's mean ab).
+  images DIR --coverage    Also splits vidcolor's squared error (pooled over all pixels of all
+               photos) between the pixels the distorted reference shows and those it does not
+               (`reference_coverage`: the distortion applied to an image of pixel coordinates).
   images DIR --unrelated   The same, but each photo's reference is the next photo of DIR in
                sorted order (the last takes the first), undistorted: a wrong reference, so
                "vidcolor" should not score below "grey".
@@ -100,6 +103,7 @@ TPS_GRID = 4  # control points per side
 TPS_SHIFT = 0.04  # max control-point shift, fraction of the shorter side
 ROTATION_DEG = 10.0  # max absolute rotation, degrees
 CROP_MIN = 0.75  # smallest kept fraction of each side
+COVERAGE_SLACK_PX = 2  # `reference_coverage`: a pixel this close to a shown one counts as shown
 REFERENCE_SUFFIX = "_frame0.png"  # CLIP.mp4's first frame, in colour: CLIP_frame0.png
 GREY_COPY_ENCODING = EncodeOptions(crf=0, preset="ultrafast")  # lossless H.264: Y kept exactly
 METHOD_HELP = (f"colouriser: {', '.join(available_models())}, or the path of a checkpoint "
@@ -216,8 +220,31 @@ def photo_pair(paths: list[Path], index: int, unrelated: bool, seed: int = 0,
     truth = load_rgb(paths[index])
     if unrelated:
         return truth, load_rgb(paths[(index + 1) % len(paths)])
-    rng = np.random.default_rng([seed, zlib.crc32(paths[index].name.encode())])
-    return truth, augment_reference(truth, rng, strength)
+    return truth, augment_reference(truth, reference_rng(paths[index], seed), strength)
+
+
+def reference_rng(path: Path, seed: int) -> np.random.Generator:
+    """The generator of a photo's reference distortion: its draws depend on the seed and the
+    file name only, so a photo gets the same reference whatever else is measured."""
+    return np.random.default_rng([seed, zlib.crc32(path.name.encode())])
+
+
+def reference_coverage(path: Path, shape: tuple[int, int], seed: int = 0,
+                       strength: float = 1.0) -> np.ndarray:
+    """(H, W) bool: the pixels of the photo at `path` that its distorted reference
+    (`photo_pair`) shows, within COVERAGE_SLACK_PX. The same distortion is drawn and applied
+    to an image of pixel coordinates; where those land is what the reference holds (reflected
+    borders count: they show the photo too). Why: colours the reference does not show can only
+    be guessed, so `images --coverage` splits the error between the two."""
+    height, width = shape
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
+    coordinates = np.dstack([cols, rows, np.zeros_like(rows)])
+    landed = augment_reference(coordinates, reference_rng(path, seed), strength)
+    covered = np.zeros(shape, np.uint8)
+    covered[np.clip(np.rint(landed[..., 1]).astype(int), 0, height - 1),
+            np.clip(np.rint(landed[..., 0]).astype(int), 0, width - 1)] = 1
+    slack = 2 * COVERAGE_SLACK_PX + 1
+    return cv2.dilate(covered, np.ones((slack, slack), np.uint8)).astype(bool)
 
 
 def cmd_images(args: argparse.Namespace) -> int:
@@ -230,8 +257,15 @@ def cmd_images(args: argparse.Namespace) -> int:
     if not paths:
         print(f"evaluate.py images: no .jpg/.jpeg/.png photos in '{args.dir}'", file=sys.stderr)
         return 1
+    if args.coverage and args.unrelated:
+        print("evaluate.py images: --coverage splits the error of self-augmented references; "
+              "drop --unrelated", file=sys.stderr)
+        return 1
     model, opts = load_colouriser(args)
     scores: dict[str, list[tuple[float, float]]] = {"grey": [], "reinhard": [], "vidcolor": []}
+    # vidcolor's squared error summed over, and number of, pixels (channels averaged) that the
+    # reference does not show, and that it shows
+    coverage = np.zeros((2, 2))
     skipped = 0
     started = time.perf_counter()
     for index, path in enumerate(paths):
@@ -249,6 +283,11 @@ def cmd_images(args: argparse.Namespace) -> int:
         }
         for name, output in outputs.items():
             scores[name].append((psnr(output, truth), ssim(output, truth)))
+        if args.coverage:
+            shown = reference_coverage(path, truth.shape[:2], args.seed, args.strength)
+            error = ((colorized.astype(np.float64) - truth) ** 2).mean(2)
+            for row, mask in enumerate((~shown, shown)):
+                coverage[row] += (error[mask].sum(), mask.sum())
         if args.verbose:
             print(f"{path.name:48s} " + " ".join(f"{scores[n][-1][0]:7.3f}" for n in scores))
     if not scores["vidcolor"]:
@@ -264,6 +303,12 @@ def cmd_images(args: argparse.Namespace) -> int:
     for name, values in scores.items():
         mean_psnr, mean_ssim = np.mean(values, axis=0)
         print(f"{name:10s} {mean_psnr:8.3f} {mean_ssim:7.4f}")  # gains of 0.01 dB are compared
+    if args.coverage:
+        (unseen_error, unseen), (seen_error, seen) = coverage
+        print(f"vidcolor, pixels the reference does not show: {100 * unseen / (unseen + seen):.1f}"
+              f" % of the pixels, {100 * unseen_error / (unseen_error + seen_error):.1f} % of the "
+              f"squared error (MSE {unseen_error / max(unseen, 1):.2f} there, "
+              f"{seen_error / max(seen, 1):.2f} where it shows them)")
     return 0
 
 
@@ -504,6 +549,9 @@ def main(argv: list[str] | None = None) -> int:
     images.add_argument("--unrelated", action="store_true",
                         help="reference = the next photo in sorted order (wrapping), not a "
                              "distorted copy: checks that wrong colours do not beat grey")
+    images.add_argument("--coverage", action="store_true", help="also split vidcolor's "
+                        "squared error between the pixels the distorted reference shows and "
+                        "those it does not (cropped away): those can only be guessed")
     images.add_argument("--verbose", "-v", action="store_true", help="one line per photo")
     images.set_defaults(func=cmd_images)
     videos = sub.add_parser("videos", parents=[colouriser],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import av
@@ -125,3 +126,35 @@ def test_images_summary_is_the_mean_of_the_photos_to_three_decimals(evaluate, tm
     summary = next(line.split() for line in lines if line.startswith("vidcolor "))
     assert len(per_photo) == 3 and len(summary[1].split(".")[1]) == 3
     assert float(summary[1]) == pytest.approx(np.mean(per_photo), abs=2e-3)
+
+
+def test_coverage_is_where_the_reference_pixels_come_from(evaluate, tmp_path):
+    """`reference_coverage` draws the distortion `photo_pair` draws: on a photo whose colours
+    encode each pixel's position, every reference pixel's position is marked shown, and the
+    crop leaves part of the photo unshown. Undistorted (x0; only the flip), all of it is shown."""
+    height, width = 90, 120
+    rows, cols = np.mgrid[0:height, 0:width]
+    path = tmp_path / "positions.png"
+    Image.fromarray(np.dstack([cols * 2, rows * 2, np.full_like(rows, 128)]).astype(np.uint8)
+                    ).save(path)
+    _, reference = evaluate.photo_pair([path], 0, False)
+    shown = evaluate.reference_coverage(path, (height, width))
+    landed_rows = np.clip(np.rint(reference[..., 1] / 2).astype(int), 0, height - 1)
+    landed_cols = np.clip(np.rint(reference[..., 0] / 2).astype(int), 0, width - 1)
+    assert shown[landed_rows, landed_cols].mean() > 0.99  # rounding of the interpolated colours
+    assert 0.3 < shown.mean() < 0.97
+    assert evaluate.reference_coverage(path, (height, width), strength=0.0).all()
+
+
+def test_coverage_split_is_printed_and_refused_with_unrelated(evaluate, tmp_path, capsys):
+    write_photos(tmp_path)
+    assert evaluate.main(["images", str(tmp_path), "--method", "match", "--coverage"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    match = re.fullmatch(r"vidcolor, pixels the reference does not show: ([\d.]+) % of the "
+                         r"pixels, ([\d.]+) % of the squared error \(MSE ([\d.]+) there, "
+                         r"([\d.]+) where it shows them\)", line)
+    assert match, line
+    unseen_share, error_share = float(match[1]), float(match[2])
+    assert 0.0 < unseen_share < 50.0 and 0.0 < error_share < 100.0
+    assert evaluate.main(["images", str(tmp_path), "--coverage", "--unrelated"]) == 1
+    assert "drop --unrelated" in capsys.readouterr().err
