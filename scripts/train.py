@@ -59,6 +59,7 @@ VAL_EVERY = 20  # every Nth photo (sorted) is held out for validation
 PCA_PHOTOS = 200  # photos whose hypercolumns give the fixed PCA basis
 ENCODE_BATCH = 16  # photos per backbone call while caching
 SMOOTH_L1_BETA = 0.1  # in ab / 100 units: quadratic below 10 ab units
+LOG_MSE_FLOOR = 2e-4  # `--loss log-mse`: added to each pair's MSE, (ab / 100)^2 (2 ab units^2)
 # 2: full-resolution true ab and the reference's carried guide channels; 3: the backbone's
 # batch norms in eval mode (before, the cache held features normalised by each batch of 16
 # photos, which inference never sees, and the build overwrote the ImageNet statistics)
@@ -320,10 +321,18 @@ def guided_upsample(ab: torch.Tensor, carried: torch.Tensor, luma: torch.Tensor,
 
 
 def loss_fn(pred: torch.Tensor, truth: torch.Tensor,
-            weights: torch.Tensor | None = None, beta: float = SMOOTH_L1_BETA) -> torch.Tensor:
+            weights: torch.Tensor | None = None, beta: float = SMOOTH_L1_BETA,
+            log_mse: bool = False) -> torch.Tensor:
     """Smooth-L1 of (B, 2, h, w) ab / AB_SCALE, optionally weighted per pair ((B,) weights).
-    beta 0 is L1; a beta beyond the errors is half the squared error (PSNR's measure)."""
-    per_pair = F.smooth_l1_loss(pred, truth, beta=beta, reduction="none").mean((1, 2, 3))
+    beta 0 is L1; a beta beyond the errors is half the squared error. With `log_mse`, each
+    pair's log(MSE + LOG_MSE_FLOOR) instead: the mean PSNR the evaluation reports is a mean of
+    -log MSE per image, so a pair already coloured well counts as much per relative gain as a
+    hard one (a pooled squared error lets the hard pairs drown it)."""
+    if log_mse:
+        per_pair = (F.mse_loss(pred, truth, reduction="none").mean((1, 2, 3))
+                    + LOG_MSE_FLOOR).log()
+    else:
+        per_pair = F.smooth_l1_loss(pred, truth, beta=beta, reduction="none").mean((1, 2, 3))
     return per_pair.mean() if weights is None else (per_pair * weights).sum() / weights.sum()
 
 
@@ -449,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
                         "applies (guided_upsample), not on the net's half-resolution output")
     parser.add_argument("--beta", type=float, default=SMOOTH_L1_BETA, help="smooth-L1 beta, "
                         "ab / 100 units (large: squared error, what PSNR measures)")
+    parser.add_argument("--loss", choices=("smooth-l1", "log-mse"), default="smooth-l1",
+                        help="training loss per pair: smooth-L1 (--beta), or the log of its "
+                        "squared error (what a mean PSNR over images weighs)")
     parser.add_argument("--new-basis", action="store_true", help="with --init: compute the "
                         "PCA basis again and map the checkpoint's layers onto it "
                         "(ColorNet.change_basis), for a checkpoint whose basis is stale")
@@ -577,12 +589,14 @@ def main(argv: list[str] | None = None) -> int:
         crop = (int(top), int(left), args.crop, args.crop)
         pred, warped, truth = scored(*run_batch(net, batch, crop), batch, crop, args.full_res)
         weights = torch.from_numpy(np.where(swap, args.unrelated_weight, 1.0)).float()
-        loss = loss_fn(pred, truth, weights, args.beta)
+        log_mse = args.loss == "log-mse"
+        loss = loss_fn(pred, truth, weights, args.beta, log_mse)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         step += 1
-        running += (loss.item(), loss_fn(warped.detach(), truth, weights, args.beta).item())
+        running += (loss.item(),
+                    loss_fn(warped.detach(), truth, weights, args.beta, log_mse).item())
         if step % 25 == 0:
             logger.info("step %d lr %.2e train loss %.5f (warped-ab copy %.5f) %.2f s/step",
                         step, lr, running[0] / 25, running[1] / 25,

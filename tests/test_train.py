@@ -69,6 +69,28 @@ def test_training_upsampling_is_what_colorize_applies(train):
         assert np.abs(got - expected).max() < 1e-3
 
 
+def test_log_mse_loss_weighs_each_pair_by_its_relative_error(train):
+    """--loss log-mse: mean PSNR over images rewards halving an easy photo's error as much as
+    a hard one's. The log loss does so (the floor aside); the pooled squared error, and the
+    smooth-L1 default, count the hard pair's halving far more."""
+    rng = np.random.default_rng(4)
+    truth = torch.from_numpy(rng.uniform(-0.5, 0.5, (2, 2, 8, 8)).astype(np.float32))
+    error = torch.from_numpy(rng.normal(0.0, 1.0, (2, 2, 8, 8)).astype(np.float32))
+    error[0] *= 0.15  # an easy pair (MSE ~ 0.02, 100 x the floor) ...
+    error[1] *= 1.0  # ... and a hard one (~1)
+
+    def gain(halved: int, **loss_options) -> float:
+        scale = torch.ones(2, 1, 1, 1)
+        scale[halved] = 0.5
+        return (train.loss_fn(truth + error, truth, **loss_options)
+                - train.loss_fn(truth + error * scale, truth, **loss_options)).item()
+
+    easy, hard = gain(0, log_mse=True), gain(1, log_mse=True)
+    assert easy > 0.0 and abs(easy - hard) < 0.1 * hard
+    assert gain(1, beta=100.0) > 20 * gain(0, beta=100.0)  # squared error: the hard pair wins
+    assert gain(1) > 5 * gain(0)  # smooth-L1 too
+
+
 def test_cached_features_are_the_ones_inference_computes(train, tmp_path):
     """The cache must hold the backbone's features as inference computes them, with the
     batch norms' ImageNet statistics: a net constructed in training mode once cached
