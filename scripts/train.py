@@ -441,6 +441,9 @@ def main(argv: list[str] | None = None) -> int:
                         default=True, help="each grid cell's colour follows the pixel's "
                         "lightness along the attention's regression of ab on lightness "
                         "(NetConfig.lightness_regression)")
+    parser.add_argument("--self-propagation", action=argparse.BooleanOptionalAction,
+                        default=False, help="the target's confidently matched positions pass "
+                        "their colours to look-alike ones (NetConfig.self_propagation)")
     parser.add_argument("--tune-from", type=int, default=0, help="fine-tune the backbone "
                         "blocks from this index on with the net (NetConfig.tuned_from; the "
                         "caches then hold the input of that block); 0 = backbone frozen")
@@ -497,7 +500,8 @@ def main(argv: list[str] | None = None) -> int:
                              consensus_edge=args.consensus_edge, tuned_from=args.tune_from,
                              convex_upsampling=args.convex_upsampling,
                              carried_lightness=args.carried_lightness,
-                             lightness_regression=args.lightness_regression))
+                             lightness_regression=args.lightness_regression,
+                             self_propagation=args.self_propagation))
     net.backbone.load_state_dict(load_model("match", device="cpu").backbone.state_dict())
     paths = sorted(p for p in args.data.iterdir() if p.suffix.lower() in (".jpg", ".png"))
     init_state = {} if args.init is None else torch.load(
@@ -567,8 +571,10 @@ def main(argv: list[str] | None = None) -> int:
             missing = net.load_state_dict(init_state, strict=False).missing_keys
             # a checkpoint from before the consensus (its kernel starts from --consensus-edge),
             # the convex upsampling (it starts as bilinear, nearly) or the carried lightness
-            assert all(k.startswith(("backbone.", "decoder.select", "decoder.enter_carried"))
-                       or k == "consensus" for k in missing), missing
+            assert all(k.startswith(("backbone.", "decoder.select", "decoder.enter_carried",
+                                     "decoder.propagate"))
+                       or k in ("consensus", "self_log_temperature", "source_weight")
+                       for k in missing), missing
             # its backbone keys (none, or its own fine-tuned blocks) override the ImageNet ones
             logger.info("weights from %s", args.init)
         logger.info("val at init: %s", fmt(validation()[0]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -295,6 +296,72 @@ def test_carried_lightness_layers_start_at_zero():
                    for model in (without, net)]
     assert outputs[1].shape == (1, 5, 32, 32)  # ab and the 3 carried channels, no luminance
     torch.testing.assert_close(outputs[1], outputs[0])
+
+
+def test_self_propagation_starts_at_zero():
+    """A net given the self-propagation layers returns what it returned without them, however
+    trained its other layers look: a fine-tune starts where the shipped net was."""
+    torch.manual_seed(0)
+    without = ColorNet(TINY_NET).eval()
+    with torch.no_grad():
+        without.decoder.out.weight.normal_(0.0, 0.3)  # trained-looking, non-zero
+    net = ColorNet(dataclasses.replace(TINY_NET, self_propagation=True)).eval()
+    missing = net.load_state_dict(without.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["decoder.propagate.bias", "decoder.propagate.weight",
+                               "self_log_temperature", "source_weight"]
+    ref_luma, ref_ab = smooth_luma(64, 64), torch.randn(1, 2, 64, 64) * 20
+    with torch.inference_mode():
+        outputs = [model(smooth_luma(64, 96, seed=3), model.encode_reference(ref_luma, ref_ab))
+                   for model in (without, net)]
+    torch.testing.assert_close(outputs[1], outputs[0])
+
+
+def propagation_case(source_weight: float, self_temperature: float):
+    """A self-propagating ColorNet (float64) and what `_propagate` returns on random grids,
+    whole and for a crop, with a brute-force version of the same maths."""
+    torch.manual_seed(0)
+    net = ColorNet(dataclasses.replace(TINY_NET, self_propagation=True)).double().eval()
+    gen = torch.Generator().manual_seed(1)
+    features = torch.randn(1, 16, 12, 14, generator=gen, dtype=torch.float64)
+    luma = torch.rand(1, 1, 48, 56, generator=gen, dtype=torch.float64)
+    reference = net.encode_grid(
+        torch.randn(1, 16, 10, 9, generator=gen, dtype=torch.float64),
+        torch.rand(1, 1, 10, 9, generator=gen, dtype=torch.float64),
+        torch.randn(1, 2, 10, 9, generator=gen, dtype=torch.float64) * 0.3, 4)
+    with torch.no_grad():
+        net.source_weight.fill_(source_weight)
+        net.self_log_temperature.fill_(math.log(self_temperature))
+        weight = net.luma_weight
+        luma_q = F.adaptive_avg_pool2d(luma, (12, 14)).permute(0, 2, 3, 1)
+        query = torch.cat([net.query(features.permute(0, 2, 3, 1)),
+                           (2.0 * weight).sqrt() * luma_q, torch.ones_like(luma_q),
+                           -weight * luma_q * luma_q], -1)[:, ::2, ::2].reshape(1, 42, -1)
+        whole = net._propagate(features, query, reference, None)
+        crop = net._propagate(features, query, reference, (2, 3, 6, 8))
+        # brute force: colours by plain attention, confidence = best logit, then target on target
+        logits = (query[0] @ reference.keys[0].T) / net.log_temperature.exp()
+        source_ab = torch.softmax(logits, 1) @ reference.values[0, :, :2]
+        best = logits.amax(1)
+        sampled = features[0, :, ::2, ::2].flatten(1).T  # (42, F)
+        likeness = net.query(sampled) @ net.key(sampled).T / self_temperature
+        expected = torch.softmax(likeness + source_weight * best[None], 1) @ source_ab
+    return whole, crop, expected.T.reshape(1, 2, 6, 7), source_ab, best
+
+
+def test_propagation_is_confidence_weighted_attention_on_the_target():
+    """`_propagate` is the two softmaxes it documents; a crop is the slice of the whole."""
+    whole, crop, expected, _, _ = propagation_case(source_weight=0.7, self_temperature=0.5)
+    assert whole.shape == (1, 2, 24, 28)
+    torch.testing.assert_close(
+        whole, F.interpolate(expected, size=(24, 28), mode="bilinear", align_corners=False))
+    torch.testing.assert_close(crop, whole[..., 4:16, 6:22])
+
+
+def test_propagation_takes_the_most_confident_colour_when_confidence_rules():
+    """With the confidence weight far above the likeness, every position gets the colours of
+    the sampled position that matched the reference best, wherever it is."""
+    whole, _, _, source_ab, best = propagation_case(source_weight=50.0, self_temperature=100.0)
+    torch.testing.assert_close(whole, source_ab[best.argmax()].view(1, 2, 1, 1).expand_as(whole))
 
 
 def test_convex_upsampling_follows_the_carried_lightness():
