@@ -570,7 +570,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.init is not None:
             missing = net.load_state_dict(init_state, strict=False).missing_keys
             # a checkpoint from before the consensus (its kernel starts from --consensus-edge),
-            # the convex upsampling (it starts as bilinear, nearly) or the carried lightness
+            # the convex upsampling (it starts as bilinear, nearly), the carried lightness or
+            # the self-propagation (zero-initialised: it starts where the checkpoint was)
             assert all(k.startswith(("backbone.", "decoder.select", "decoder.enter_carried",
                                      "decoder.propagate"))
                        or k in ("consensus", "self_log_temperature", "source_weight")
