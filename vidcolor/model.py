@@ -314,9 +314,11 @@ class ColorNet(nn.Module):
     r: ab = warped * (1 + g) + r, where `warped` reaches stride 2 by a learned convex
     upsampling (`_Decoder.upsample`, with `convex_upsampling`); with `lightness_regression`
     each grid cell's colour first moves to the pixel's lightness along the attention-weighted
-    line of ab on lightness (`_lightness_regression`). The last layers are zero-initialised,
-    so an untrained ColorNet returns the warped ab exactly (upsampled bilinearly, nearly;
-    regressed if so configured).
+    line of ab on lightness (`_lightness_regression`); with `self_propagation` each pixel may
+    then move towards the colours the target's confidently matched positions pass to
+    look-alike ones (`_propagate`). The last layers are zero-initialised, so an untrained
+    ColorNet returns the warped ab exactly (upsampled bilinearly, nearly; regressed if so
+    configured).
     """
 
     def __init__(self, config: NetConfig | None = None) -> None:
