@@ -583,6 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     started, first_step = time.perf_counter(), step
     grid = WORK_PX // GRID_PX
     running = np.zeros(2)
+    log_mse = args.loss == "log-mse"
     while step < args.steps:
         lr = args.lr * 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for group in opt.param_groups:
@@ -596,7 +597,6 @@ def main(argv: list[str] | None = None) -> int:
         crop = (int(top), int(left), args.crop, args.crop)
         pred, warped, truth = scored(*run_batch(net, batch, crop), batch, crop, args.full_res)
         weights = torch.from_numpy(np.where(swap, args.unrelated_weight, 1.0)).float()
-        log_mse = args.loss == "log-mse"
         loss = loss_fn(pred, truth, weights, args.beta, log_mse)
         opt.zero_grad(set_to_none=True)
         loss.backward()

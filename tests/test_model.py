@@ -316,26 +316,32 @@ def test_self_propagation_starts_at_zero():
     torch.testing.assert_close(outputs[1], outputs[0])
 
 
+def random_grids(net: ColorNet, batch: int, grid: tuple[int, int],
+                 ref_grid: tuple[int, int]):
+    """Random float64 inputs of `ColorNet.decode` on a stride-4 grid: target features (batch,
+    16, *grid), target luminance at 4 x the grid, a one-image reference on `ref_grid`, and
+    the seeded generator they came from (for further draws)."""
+    gen = torch.Generator().manual_seed(1)
+    features = torch.randn(batch, 16, *grid, generator=gen, dtype=torch.float64)
+    luma = torch.rand(batch, 1, 4 * grid[0], 4 * grid[1], generator=gen, dtype=torch.float64)
+    reference = net.encode_grid(
+        torch.randn(1, 16, *ref_grid, generator=gen, dtype=torch.float64),
+        torch.rand(1, 1, *ref_grid, generator=gen, dtype=torch.float64),
+        torch.randn(1, 2, *ref_grid, generator=gen, dtype=torch.float64) * 0.3, 4)
+    return features, luma, reference, gen
+
+
 def propagation_case(source_weight: float, self_temperature: float):
     """A self-propagating ColorNet (float64) and what `_propagate` returns on random grids,
     whole and for a crop, with a brute-force version of the same maths."""
     torch.manual_seed(0)
     net = ColorNet(dataclasses.replace(TINY_NET, self_propagation=True)).double().eval()
-    gen = torch.Generator().manual_seed(1)
-    features = torch.randn(1, 16, 12, 14, generator=gen, dtype=torch.float64)
-    luma = torch.rand(1, 1, 48, 56, generator=gen, dtype=torch.float64)
-    reference = net.encode_grid(
-        torch.randn(1, 16, 10, 9, generator=gen, dtype=torch.float64),
-        torch.rand(1, 1, 10, 9, generator=gen, dtype=torch.float64),
-        torch.randn(1, 2, 10, 9, generator=gen, dtype=torch.float64) * 0.3, 4)
+    features, _, reference, gen = random_grids(net, 1, (12, 14), (10, 9))
+    # the reverse check's queries (every other row and column: 6 x 7), any values will do
+    query = torch.randn(1, 42, reference.keys.shape[-1], generator=gen, dtype=torch.float64)
     with torch.no_grad():
         net.source_weight.fill_(source_weight)
         net.self_log_temperature.fill_(math.log(self_temperature))
-        weight = net.luma_weight
-        luma_q = F.adaptive_avg_pool2d(luma, (12, 14)).permute(0, 2, 3, 1)
-        query = torch.cat([net.query(features.permute(0, 2, 3, 1)),
-                           (2.0 * weight).sqrt() * luma_q, torch.ones_like(luma_q),
-                           -weight * luma_q * luma_q], -1)[:, ::2, ::2].reshape(1, 42, -1)
         whole = net._propagate(features, query, reference, None)
         crop = net._propagate(features, query, reference, (2, 3, 6, 8))
         # brute force: colours by plain attention, confidence = best logit, then target on target
@@ -498,13 +504,7 @@ def test_consensus_paths_agree_and_a_crop_sees_the_whole_neighbourhood(monkeypat
     net = ColorNet(config).double().eval()
     with torch.no_grad():
         net.consensus.copy_(torch.randn(2, 3) * 0.3)
-    gen = torch.Generator().manual_seed(1)
-    features = torch.randn(2, 16, 20, 28, generator=gen, dtype=torch.float64)
-    luma = torch.rand(2, 1, 80, 112, generator=gen, dtype=torch.float64)
-    reference = net.encode_grid(
-        torch.randn(1, 16, 18, 22, generator=gen, dtype=torch.float64),
-        torch.rand(1, 1, 18, 22, generator=gen, dtype=torch.float64),
-        torch.randn(1, 2, 18, 22, generator=gen, dtype=torch.float64) * 0.3, 4)
+    features, luma, reference, _ = random_grids(net, 2, (20, 28), (18, 22))
     monkeypatch.setattr(model_module, "CONSENSUS_ROWS", 60)  # several chunks of grid rows
     with torch.no_grad():
         predicted, warped = net.decode(features, luma, reference)
