@@ -470,7 +470,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flip-targets", type=float, default=0.5, help="share of training "
                         "targets mirrored with their cached features (which only approximates "
                         "the features of the mirrored photo: inference never sees them)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the pair sets and the "
+                        "PCA basis (and of the batch order unless --order-seed is given)")
+    parser.add_argument("--order-seed", type=int, default=None, help="seed of the batch draws "
+                        "only: runs that differ in it share their caches and basis, so their "
+                        "weights can be averaged (scripts/soup.py)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
     args = parser.parse_args(argv)
@@ -491,8 +495,9 @@ def main(argv: list[str] | None = None) -> int:
                         handlers=[logging.StreamHandler(), logging.FileHandler(args.run / "log")])
     logging.getLogger("vidcolor").setLevel(logging.WARNING)  # a line per photo in --val-photos
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
+    order_seed = args.seed if args.order_seed is None else args.order_seed
+    torch.manual_seed(order_seed)
+    rng = np.random.default_rng(order_seed)
     logger.info("train.py %s", " ".join(sys.argv[1:] if argv is None else argv))
 
     net = ColorNet(NetConfig(kind="net", feature_blocks=NET_FEATURE_BLOCKS,

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import SCRIPTS, load_script
+from conftest import ROOT, SCRIPTS, load_script
 
 from vidcolor.colorize import upsampling_coefficients
 from vidcolor.model import AB_SCALE, ColorNet, NetConfig
@@ -114,3 +114,27 @@ def test_cached_features_are_the_ones_inference_computes(train, tmp_path):
         expected = net.eval().project(net.backbone(luma, train.GRID_PX))
     cached = torch.from_numpy(np.asarray(data["feat_t"], np.float32))
     assert ((cached - expected).norm() / expected.norm()).item() < 1e-2
+
+
+def test_order_seed_varies_the_batches_but_not_the_basis(train, tmp_path):
+    """Two short fine-tunes that differ only in --order-seed train different weights on the
+    same caches and PCA basis, so scripts/soup.py can average them; the whole loop runs."""
+    rng = np.random.default_rng(1)
+    data = tmp_path / "photos"
+    data.mkdir()
+    for index in range(12):  # smooth random colour photos, larger than the working image
+        small = rng.integers(0, 256, (7, 8, 3), dtype=np.uint8)
+        cv2.imwrite(str(data / f"photo{index:02d}.png"),
+                    cv2.resize(small, (230, 210), interpolation=cv2.INTER_CUBIC))
+    outs = []
+    for order_seed in (0, 1):
+        run = tmp_path / f"run{order_seed}"
+        outs.append(run / "ft.pt")
+        assert train.main(["--data", str(data), "--run", str(run), "--out", str(outs[-1]),
+                           "--init", str(ROOT / "models" / "colornet.pt"), "--new-basis",
+                           "--steps", "2", "--val-every", "2", "--batch", "4", "--crop", "8",
+                           "--self-propagation", "--loss", "log-mse",
+                           "--order-seed", str(order_seed)]) == 0
+    first, second = (torch.load(p, weights_only=True)["state_dict"] for p in outs)
+    assert torch.equal(first["feature_proj"], second["feature_proj"])
+    assert not torch.equal(first["decoder.out.weight"], second["decoder.out.weight"])
