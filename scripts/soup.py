@@ -9,7 +9,7 @@ soups"). One draw of a fine-tune is also noisy on the eval films (bmx and car mo
 
 The checkpoints must share their NetConfig and their frozen PCA basis (`feature_proj`: the
 learned layers read features on it, so nets on different bases do not average). Every other
-floating-point tensor is averaged; OUT is written to a temporary file and renamed into place.
+floating-point tensor is averaged.
 """
 
 from __future__ import annotations
@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, VidcolorError) as error:
         print(f"soup.py: {error}", file=sys.stderr)
         return 1
-    partial = args.out.with_name(args.out.name + ".partial")
-    save_checkpoint(net, partial).replace(args.out)
+    save_checkpoint(net, args.out)
     print(f"wrote {args.out}: the mean of {len(args.checkpoints)} checkpoints")
     return 0
 

