@@ -23,8 +23,6 @@ import torch
 from vidcolor.errors import VidcolorError
 from vidcolor.weights import load_model, save_checkpoint
 
-FROZEN_BASIS = "feature_proj"
-
 
 def average_nets(paths: list[Path]) -> torch.nn.Module:
     """The first checkpoint's net holding the mean of all the checkpoints' weights.
@@ -38,7 +36,7 @@ def average_nets(paths: list[Path]) -> torch.nn.Module:
         if net.config != first.config:
             raise ValueError(f"'{path}' has another NetConfig than '{paths[0]}'; soup only "
                              f"fine-tunes of one architecture")
-        if not torch.equal(net.state_dict()[FROZEN_BASIS], first.state_dict()[FROZEN_BASIS]):
+        if not torch.equal(net.feature_proj, first.feature_proj):
             raise ValueError(f"'{path}' reads its features on another PCA basis than "
                              f"'{paths[0]}'; train both with the same --seed (vary "
                              f"--order-seed)")

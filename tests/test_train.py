@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -91,17 +92,23 @@ def test_log_mse_loss_weighs_each_pair_by_its_relative_error(train):
     assert gain(1) > 5 * gain(0)  # smooth-L1 too
 
 
+def write_smooth_photos(folder: Path, count: int, seed: int) -> list[Path]:
+    """`count` smooth random colour photos photoKK.png (300x280, larger than the training
+    working image) in `folder`."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for index in range(count):
+        small = rng.integers(0, 256, (9, 10, 3), dtype=np.uint8)
+        paths.append(folder / f"photo{index:02d}.png")
+        cv2.imwrite(str(paths[-1]), cv2.resize(small, (300, 280), interpolation=cv2.INTER_CUBIC))
+    return paths
+
+
 def test_cached_features_are_the_ones_inference_computes(train, tmp_path):
     """The cache must hold the backbone's features as inference computes them, with the
     batch norms' ImageNet statistics: a net constructed in training mode once cached
     features normalised per batch of photos (and overwrote those statistics)."""
-    rng = np.random.default_rng(0)
-    paths = []
-    for index in range(3):  # smooth random colour photos, larger than the training crop
-        small = rng.integers(0, 256, (9, 10, 3), dtype=np.uint8)
-        photo = cv2.resize(small, (300, 280), interpolation=cv2.INTER_CUBIC)
-        paths.append(tmp_path / f"photo{index}.png")
-        cv2.imwrite(str(paths[-1]), photo)
+    paths = write_smooth_photos(tmp_path, 3, seed=0)
     net = ColorNet(NetConfig(kind="net", feature_blocks=train.NET_FEATURE_BLOCKS))
     net.backbone.load_state_dict(load_model("match", device="cpu").backbone.state_dict())
     assert net.backbone.training  # as train.py constructs it
@@ -119,13 +126,9 @@ def test_cached_features_are_the_ones_inference_computes(train, tmp_path):
 def test_order_seed_varies_the_batches_but_not_the_basis(train, tmp_path):
     """Two short fine-tunes that differ only in --order-seed train different weights on the
     same caches and PCA basis, so scripts/soup.py can average them; the whole loop runs."""
-    rng = np.random.default_rng(1)
     data = tmp_path / "photos"
     data.mkdir()
-    for index in range(12):  # smooth random colour photos, larger than the working image
-        small = rng.integers(0, 256, (7, 8, 3), dtype=np.uint8)
-        cv2.imwrite(str(data / f"photo{index:02d}.png"),
-                    cv2.resize(small, (230, 210), interpolation=cv2.INTER_CUBIC))
+    write_smooth_photos(data, 12, seed=1)
     outs = []
     for order_seed in (0, 1):
         run = tmp_path / f"run{order_seed}"

