@@ -11,10 +11,16 @@ Then, unless --memory is empty, peak RSS (VmHWM of a fresh subprocess running
 `colorize_video` on a synthetic film: moving bars, no sound) for each length in minutes, with
 seconds per frame, so that flat memory and linear time can be read off.
 The machine's load average is printed first and last: on a shared machine the times are noisy.
+With --compare A,B,... it only times the colorize stage of each model (a name or a checkpoint
+file) in turn, round after round in one process, and prints each one's median and its ratio
+to the first: a shared machine's speed drifts by up to 2x within minutes, and models timed in
+turn on the same frames give a ratio that the drift cannot fake.
 
 Usage: python scripts/bench.py [--frames 120] [--sizes 480p,720p,1080p]
                                [--presets fast,balanced,best] [--memory 1,10]
                                [--memory-size 1080p] [--memory-fps 24] [--method match]
+       python scripts/bench.py --compare net,runs/x/ft.pt [--rounds 5] [--frames 48]
+                               [--sizes 480p] [--presets balanced]
 """
 
 from __future__ import annotations
@@ -230,6 +236,35 @@ def bench_memory(args, ref: Path) -> None:
             film.unlink()
 
 
+def compare_colorize(args, ref: Path) -> None:
+    """The colorize stage alone, for each model of --compare in turn, --rounds times."""
+    models = {name: vidcolor.load_model(name) for name in args.compare}
+    for label in args.sizes:
+        width, height = SIZES[label]
+        with tempfile.TemporaryDirectory() as tmp:
+            frames = list(io.read_frames(make_test_film(Path(tmp) / "bench.mp4", args.frames,
+                                                        width, height)))
+        for preset in args.presets:
+            colorizers = {}
+            for name, model in models.items():
+                opts = preset_options(preset, model.config.kind).colorize
+                colorizers[name] = Colorizer(model, io.load_still(ref), opts)
+                list(colorizers[name].run(frames[:4]))  # warm-up
+            times = {name: [] for name in models}
+            for _ in range(args.rounds):
+                for name, colorizer in colorizers.items():
+                    start = time.perf_counter()
+                    list(colorizer.run(frames))
+                    times[name].append(ms_per_frame(time.perf_counter() - start, len(frames)))
+            print(f"\n{label} {preset}: colorize ms/frame over {args.rounds} rounds of "
+                  f"{len(frames)} frames; {load_line()}")
+            print(f"{'model':<40}{'median':>8}{'min':>8}{'max':>8}{'median/first':>14}")
+            first = float(np.median(times[args.compare[0]]))
+            for name, ms in times.items():
+                print(f"{name:<40}{np.median(ms):>8.1f}{min(ms):>8.1f}{max(ms):>8.1f}"
+                      f"{np.median(ms) / first:>14.3f}", flush=True)
+
+
 def parse_list(text: str) -> list[str]:
     return [item for item in text.split(",") if item]
 
@@ -250,6 +285,10 @@ def main() -> None:
     parser.add_argument("--memory-fps", type=int, default=24, help="frame rate of those films")
     parser.add_argument("--memory-preset", default="balanced", choices=list(PRESETS))
     parser.add_argument("--method", default="match", choices=vidcolor.available_models())
+    parser.add_argument("--compare", type=parse_list, default=[],
+                        help="comma list of model names or checkpoint files: time only their "
+                             "colorize stage, in turn")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of --compare")
     args = parser.parse_args()
     ref = ROOT / "samples" / "ref.jpg"
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: "
@@ -257,6 +296,10 @@ def main() -> None:
           f"{torch.__version__} ({torch.get_num_threads()} threads), vidcolor "
           f"{vidcolor.__version__}; process tuning {vidcolor.runtime.PROCESS_TUNING}; "
           f"{load_line()}")
+    if args.compare:
+        compare_colorize(args, ref)
+        print(f"\nend: {load_line()}")
+        return
     model = vidcolor.load_model(args.method)
     for label in args.sizes:
         bench_size(label, args, ref, model)
