@@ -248,14 +248,17 @@ def test_worker_writes_the_by_products_of_a_joined_reel(reel, ref_still, tmp_pat
     assert data["run"]["output"] == str(out) and data["run"]["model"] == "net"
     assert qa.read_text().startswith("<!DOCTYPE html>")
 
-    sources = list(io.read_frames(reel))
+    sources, colored = list(io.read_frames(reel)), list(io.read_frames(out))
     both = list(io.read_frames(side))
     assert len(both) == 24 and [f.pts for f in both] == [f.pts for f in sources]
-    for source, pair in zip(sources, both, strict=True):
+    for source, color, pair in zip(sources, colored, both, strict=True):
         assert pair.source.shape == (48, 128, 3)  # twice the reel's width
         left, right = pair.source[:, :64], pair.source[:, 64:]
         assert np.abs(left.astype(int) - source.source).mean() < 4.0  # the input, grey
-        assert colourfulness_ab(left) < 3.0 < 6.0 < colourfulness_ab(right)
+        # the output, encoded once more at 4:2:0 beside the grey half: close, and as colourful
+        assert np.abs(right.astype(int) - color.source).mean() < 8.0
+        assert colourfulness_ab(left) < 3.0 < 0.8 * colourfulness_ab(color.source) < \
+            colourfulness_ab(right)
     assert audio_packets(side) == audio_packets(reel)
 
     record = json.loads(sidecar_path(out).read_text())

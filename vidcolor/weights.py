@@ -30,7 +30,7 @@ BACKBONE_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf7
 _REGISTRY: dict[str, NetConfig] = {"match": NetConfig(kind="match"), "net": NetConfig(kind="net")}
 # name -> (file in the models folder, sha256) of our own trained weights (see models/MODEL_CARD.md)
 _SHIPPED: dict[str, tuple[str, str]] = {
-    "net": ("colornet.pt", "a3805ece3993cc5c12aa7aca8980e55c1725390dfb0573a42b25fbd264479d04"),
+    "net": ("colornet.pt", "fe29261f2fde2010623f2c3286c7109907be07f25e131bfe3e96c58fe01d8a8e"),
 }
 _BACKBONE_KEYS = "backbone."  # state-dict prefix of the backbone: in checkpoints only its
 # fine-tuned blocks (`_is_trained`)
