@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from evaluate import augment_reference, load_rgb, photo_pair, psnr
 
 from vidcolor import frames
+from vidcolor.atomic import writing
 from vidcolor.backbone import block_table, hypercolumn_channels
 from vidcolor.colorize import (
     CARRIED_CHANNELS,
@@ -393,11 +394,10 @@ def train_mode(net: ColorNet) -> None:
 
 def save_state(path: Path, net, opt, step: int, best: float, best_state, rng) -> None:
     """Everything needed to resume, written atomically."""
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "step": step,
-                "best": best, "best_state": best_state, "rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state()}, tmp)
-    tmp.replace(path)
+    with writing(path) as partial:
+        torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "step": step,
+                    "best": best, "best_state": best_state, "rng": rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state()}, partial)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from vidcolor import __version__, io
+from vidcolor.atomic import partial_path
 from vidcolor.cli import app, default_output
-from vidcolor.mux import partial_path
 
 runner = CliRunner()
 

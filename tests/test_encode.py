@@ -8,9 +8,9 @@ import pytest
 from conftest import write_clip
 
 from vidcolor import io
+from vidcolor.atomic import partial_path
 from vidcolor.encode import EncodeOptions, VideoWriter, check_output_path
 from vidcolor.errors import EncodeError, OptionsError
-from vidcolor.mux import partial_path
 
 
 def tint(frame):

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from vidcolor.mux import partial_path
+from vidcolor.atomic import partial_path
 
 OUTPUT_LIMIT_BYTES = 40_000  # RLIMIT_FSIZE for the disk-full case: well below the output's size
 

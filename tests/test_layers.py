@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "vidcolor"
 
 LAYER = {
-    "errors": 0, "frames": 0, "runtime": 0, "threads": 0,
+    "errors": 0, "frames": 0, "runtime": 0, "threads": 0, "atomic": 0,
     "io": 1, "mux": 1, "temporal": 1, "backbone": 1, "provenance": 1, "preview": 1,
     "report": 1, "gallery": 1,
     "encode": 2, "model": 2, "references": 2,

@@ -13,11 +13,11 @@ from PIL import Image
 
 import vidcolor
 from vidcolor import io
+from vidcolor.atomic import partial_path
 from vidcolor.colorize import Colorizer, _to_device
 from vidcolor.encode import EncodeOptions, VideoWriter
 from vidcolor.errors import EncodeError, OptionsError, ReferenceImageError, VideoOpenError
 from vidcolor.frames import rgb_to_lab
-from vidcolor.mux import partial_path
 from vidcolor.pipeline import PipelineOptions, preset_options
 from vidcolor.temporal import TemporalFilter
 from vidcolor.threads import in_thread

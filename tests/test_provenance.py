@@ -13,9 +13,9 @@ from PIL import Image
 
 import vidcolor
 from vidcolor import __version__
+from vidcolor.atomic import partial_path
 from vidcolor.encode import VideoWriter
 from vidcolor.errors import EncodeError
-from vidcolor.mux import partial_path
 from vidcolor.pipeline import PipelineOptions
 from vidcolor.provenance import TAG_KEY, describe_media, sidecar_path
 from vidcolor.temporal import TemporalOptions

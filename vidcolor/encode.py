@@ -21,9 +21,10 @@ import av
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from .atomic import partial_path, writing
 from .errors import EncodeError, OptionsError
 from .frames import Frame, VideoInfo
-from .mux import AUDIO_LEAD_S, AudioCopier, container_format, partial_path
+from .mux import AUDIO_LEAD_S, AudioCopier, container_format
 
 logger = logging.getLogger(__name__)
 
@@ -125,16 +126,13 @@ def write_still(out: Path, rgb: np.ndarray, comment: str | None = None) -> Path:
     image_format = Image.registered_extensions().get(Path(out).suffix.lower())
     if image_format is None:
         raise EncodeError(f"Output '{out}' has no image extension; use .png, .jpg or .tif")
-    partial = partial_path(Path(out))
+    save_args = {"quality": 95} if image_format in ("JPEG", "WEBP") else {}
+    save_args.update(_still_comment(image_format, comment))
     try:
-        save_args = {"quality": 95} if image_format in ("JPEG", "WEBP") else {}
-        save_args.update(_still_comment(image_format, comment))
-        Image.fromarray(rgb).save(partial, format=image_format, **save_args)
-        os.replace(partial, out)
+        with writing(Path(out)) as partial:
+            Image.fromarray(rgb).save(partial, format=image_format, **save_args)
     except OSError as e:
         raise EncodeError(f"Cannot write '{out}': {e}") from e
-    finally:
-        partial.unlink(missing_ok=True)
     return Path(out)
 
 

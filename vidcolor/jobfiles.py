@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import io
+from .atomic import writing
 from .byproducts import ExtrasRequest, check_extras
 from .errors import OptionsError, QueueError, ReferenceImageError, VidcolorError, VideoOpenError
 from .gallery import GALLERY_DIR
@@ -47,9 +48,8 @@ def claim_work_dir(work: Path, job_id: str) -> None:
             logger.warning("'%s' held another job's segments; cleared", work)
             for path in work.glob("seg-*"):
                 path.unlink()
-    partial = marker.with_suffix(".partial")
-    partial.write_text(json.dumps({"id": job_id}))
-    os.replace(partial, marker)
+    with writing(marker) as partial:
+        partial.write_text(json.dumps({"id": job_id}))
 
 
 def already_joined(state: dict, out: Path) -> bool:

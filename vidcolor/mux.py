@@ -1,8 +1,8 @@
 """Packets into containers, nothing re-encoded: the muxing side of writing an output.
 
-Owns which container an extension means, the atomic `OUT.partial` file, the input's audio (and
-subtitle) streams stream-copied byte for byte and checked after writing, and encoded segment
-files put end to end. Encoding frames is encode.py's business; no decoding happens here.
+Owns which container an extension means, the input's audio (and subtitle) streams
+stream-copied byte for byte and checked after writing, and encoded segment files put end to
+end. Encoding frames is encode.py's business; no decoding happens here.
 """
 
 from __future__ import annotations
@@ -17,18 +17,13 @@ from pathlib import Path
 
 import av
 
+from .atomic import partial_path
 from .errors import EncodeError
 
 logger = logging.getLogger(__name__)
 
 CONTAINER_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi"}
-PARTIAL_SUFFIX = ".partial"  # in-progress output is OUT + this suffix
 AUDIO_LEAD_S = 0.5  # mux audio up to this far ahead of the video, so players start smoothly
-
-
-def partial_path(out: Path) -> Path:
-    """Where the output is written while incomplete."""
-    return out.with_name(out.name + PARTIAL_SUFFIX)
 
 
 def container_format(out: Path) -> str:

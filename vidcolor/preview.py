@@ -10,9 +10,7 @@ the output.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -20,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .atomic import writing
 from .errors import EncodeError, OptionsError
 from .frames import Frame, VideoInfo, quarter_turns, turned
 
@@ -176,15 +175,11 @@ class ContactSheet:
         path = Path(path)
         image_format = check_sheet_path(path)
         sheet = Image.fromarray(self.render(reference_rgb))
-        partial = path.with_name(path.name + ".partial")
         try:
-            sheet.save(partial, format=image_format)
-            os.replace(partial, path)
+            with writing(path) as partial:
+                sheet.save(partial, format=image_format)
         except OSError as e:
             raise EncodeError(f"Cannot write the contact sheet '{path}': {e}") from e
-        finally:
-            with contextlib.suppress(OSError):  # e.g. a folder in its way: keep the first error
-                partial.unlink(missing_ok=True)
         return path
 
     def _choose(self) -> list[_Pick]:

