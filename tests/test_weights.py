@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 
 from vidcolor import weights
 from vidcolor.errors import OptionsError, WeightsError
@@ -227,3 +232,17 @@ def test_corrupted_shipped_net_is_a_weights_error(tmp_path, monkeypatch):
         load_model("net", device="cpu")
     message = str(excinfo.value)
     assert str(copy) in message and "reinstall" in message and "\n" not in message
+
+
+def test_the_wheel_carries_the_shipped_weights_and_their_card(tmp_path):
+    """An offline `pip install .` must find the net: the wheel holds the file whose sha256
+    vidcolor checks, where `shipped_weights_path` looks first (vidcolor/models/)."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps",
+                    "--no-build-isolation", "--quiet", "-w", str(tmp_path)], check=True)
+    (wheel,) = tmp_path.glob("vidcolor-*.whl")
+    filename, sha256 = weights._SHIPPED["net"]
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        assert hashlib.sha256(archive.read(f"vidcolor/models/{filename}")).hexdigest() == sha256
+    assert {"vidcolor/models/MODEL_CARD.md", "vidcolor/atomic.py"} <= names
+    assert not any("candidates" in name for name in names)
