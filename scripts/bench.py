@@ -239,6 +239,7 @@ def bench_memory(args, ref: Path) -> None:
 def compare_colorize(args, ref: Path) -> None:
     """The colorize stage alone, for each model of --compare in turn, --rounds times."""
     models = {name: vidcolor.load_model(name) for name in args.compare}
+    reference = io.load_still(ref)
     for label in args.sizes:
         width, height = SIZES[label]
         with tempfile.TemporaryDirectory() as tmp:
@@ -248,7 +249,7 @@ def compare_colorize(args, ref: Path) -> None:
             colorizers = {}
             for name, model in models.items():
                 opts = preset_options(preset, model.config.kind).colorize
-                colorizers[name] = Colorizer(model, io.load_still(ref), opts)
+                colorizers[name] = Colorizer(model, reference, opts)
                 list(colorizers[name].run(frames[:4]))  # warm-up
             times = {name: [] for name in models}
             for _ in range(args.rounds):

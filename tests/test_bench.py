@@ -29,4 +29,3 @@ def test_compare_times_each_model_and_its_ratio_to_the_first(monkeypatch, capsys
         assert float(ratio) > 0
     assert rows[0][4] == "1.000"
     assert float(rows[0][1]) * float(rows[1][4]) == pytest.approx(float(rows[1][1]), rel=0.01)
-

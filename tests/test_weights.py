@@ -236,8 +236,12 @@ def test_corrupted_shipped_net_is_a_weights_error(tmp_path, monkeypatch):
 
 def test_the_wheel_carries_the_shipped_weights_and_their_card(tmp_path):
     """An offline `pip install .` must find the net: the wheel holds the file whose sha256
-    vidcolor checks, where `shipped_weights_path` looks first (vidcolor/models/)."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps",
+    vidcolor checks, where `shipped_weights_path` looks first (vidcolor/models/). Built from a
+    copy of the checkout: setuptools' build/ folder would otherwise land in it and carry stale
+    files into later wheels."""
+    source = shutil.copytree(ROOT, tmp_path / "source", ignore=shutil.ignore_patterns(
+        ".git", ".venv", "runs", "out", "build", "dist", "*.egg-info", "__pycache__", ".*_cache"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps",
                     "--no-build-isolation", "--quiet", "-w", str(tmp_path)], check=True)
     (wheel,) = tmp_path.glob("vidcolor-*.whl")
     filename, sha256 = weights._SHIPPED["net"]
