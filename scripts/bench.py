@@ -48,6 +48,7 @@ import torch
 from vidcolor import io
 from vidcolor.colorize import Colorizer
 from vidcolor.encode import VideoWriter
+from vidcolor.errors import VidcolorError
 from vidcolor.pipeline import PRESETS, PipelineOptions, preset_options
 from vidcolor.temporal import TemporalFilter
 
@@ -270,10 +271,10 @@ def parse_list(text: str) -> list[str]:
     return [item for item in text.split(",") if item]
 
 
-def main() -> None:
+def main() -> int:
     if len(sys.argv) == 7 and sys.argv[1] == "--rss-child":
         rss_child(*sys.argv[2:])
-        return
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=120, help="frames per speed test film")
     parser.add_argument("--sizes", type=parse_list, default=list(SIZES),
@@ -298,16 +299,21 @@ def main() -> None:
           f"{vidcolor.__version__}; process tuning {vidcolor.runtime.PROCESS_TUNING}; "
           f"{load_line()}")
     if args.compare:
-        compare_colorize(args, ref)
+        try:
+            compare_colorize(args, ref)
+        except VidcolorError as e:  # a --compare entry that is no model: one line, no traceback
+            print(f"bench.py --compare: {e}", file=sys.stderr)
+            return 1
         print(f"\nend: {load_line()}")
-        return
+        return 0
     model = vidcolor.load_model(args.method)
     for label in args.sizes:
         bench_size(label, args, ref, model)
     if args.memory:
         bench_memory(args, ref)
     print(f"\nend: {load_line()}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
